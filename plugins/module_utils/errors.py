@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One exception family for everything that can go wrong while realising a closure.
+
+Every error carries what a user needs to act on it: the store path, the cache,
+and what was expected versus what was found.  Plugins turn it into a failure
+with ``error.details()``; nothing else in the library knows about Ansible.
+"""
+
+
+class NixCacheError(Exception):
+    """Base class: a message plus optional context fields."""
+
+    def __init__(self, message, path=None, cache=None, expected=None, found=None):
+        super(NixCacheError, self).__init__(message)
+        self.message = message
+        self.path = path
+        self.cache = cache
+        self.expected = expected
+        self.found = found
+
+    def details(self):
+        """The context fields that are set, as a dict (for fail_json)."""
+        fields = (('path', self.path), ('cache', self.cache),
+                  ('expected', self.expected), ('found', self.found))
+        return dict((key, value) for key, value in fields if value is not None)
+
+    def __str__(self):
+        context = ', '.join('%s: %s' % item for item in self.details().items())
+        return '%s (%s)' % (self.message, context) if context else self.message
+
+
+class InvalidStorePath(NixCacheError):
+    """A store path or name that is malformed or could escape the store."""
+
+
+class InvalidHash(NixCacheError):
+    """A hash string (Nix base32, base16, base64 or SRI) that does not parse."""
+
+
+class InvalidNarInfo(NixCacheError):
+    """A .narinfo that is malformed or describes another path than the one asked for."""
+
+
+class InvalidKey(NixCacheError):
+    """A public or secret key that does not parse."""
+
+
+class UntrustedPath(NixCacheError):
+    """No signature of the path verifies under a trusted key."""
+
+
+class InvalidNar(NixCacheError):
+    """A NAR stream that is malformed or unsafe to unpack."""
+
+
+class HashMismatch(NixCacheError):
+    """Content whose hash or size differs from what the cache promised."""
+
+
+class UnsupportedCompression(NixCacheError):
+    """A compression method this host cannot decompress."""
+
+
+class CacheUnavailable(NixCacheError):
+    """A cache that could not be reached or answered with an error."""
+
+
+class PathNotInCaches(NixCacheError):
+    """No configured cache has the path."""
+
+
+class StoreError(NixCacheError):
+    """A failure of the local store: locking, unpacking, the database."""
+
+
+class InsufficientSpace(StoreError):
+    """Less free space under the store than the closure needs."""
