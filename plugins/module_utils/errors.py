@@ -71,6 +71,10 @@ class PathNotInCaches(NixCacheError):
     """No configured cache has the path."""
 
 
+class InvalidNixConf(NixCacheError):
+    """A nix.conf line or include that Nix itself would reject."""
+
+
 class StoreError(NixCacheError):
     """A failure of the local store: locking, unpacking, the database."""
 

@@ -1,0 +1,98 @@
+# Test entry points.  `make test` on a fresh Debian 12 machine (as root, or with sudo)
+# installs what the tests need and runs every suite.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+VENV_BIN := $(VENV)/bin
+PYTEST := $(VENV_BIN)/python -m pytest
+PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+# Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
+# from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer.
+APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd xz-utils bzip2 sqlite3 \
+	debootstrap packer python3-venv
+
+.PHONY: help deps venv unit integration sanity lint test demo bench clean distclean
+
+help:
+	@echo 'make deps         install the Debian packages the tests need (idempotent)'
+	@echo 'make venv         $(VENV) with requirements-test.txt'
+	@echo 'make unit         unit tests'
+	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
+	@echo 'make sanity       ansible-test sanity'
+	@echo 'make lint         ansible-lint'
+	@echo 'make test         all of the above'
+	@echo 'make demo         the end-to-end demo'
+	@echo 'make bench        timings against nix copy'
+	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
+
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  [ "$$(dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null || true)" = 'install ok installed' ] \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  $(APT) update -qq; \
+	  $(APT) install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Without nix-setup-systemd there is no nix.conf: no sandbox, no build users.
+	@if [ ! -e /etc/nix/nix.conf ]; then \
+	  $(SUDO) mkdir -p /etc/nix; \
+	  printf 'sandbox = false\nbuild-users-group =\n' | $(SUDO) tee /etc/nix/nix.conf >/dev/null; \
+	fi
+	@# The tests run their own PostgreSQL; Debian's cluster must not run or start at boot.
+	@if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then \
+	  $(SUDO) systemctl disable --now --quiet postgresql.service 2>/dev/null || true; \
+	fi
+	@if command -v pg_lsclusters >/dev/null; then \
+	  pg_lsclusters -h | while read -r version cluster port status rest; do \
+	    case "$$status" in online*) $(SUDO) pg_ctlcluster "$$version" "$$cluster" stop || true ;; esac; \
+	    conf="/etc/postgresql/$$version/$$cluster/start.conf"; \
+	    if [ -f "$$conf" ] && ! grep -qx manual "$$conf"; then \
+	      echo manual | $(SUDO) tee "$$conf" >/dev/null; \
+	    fi; \
+	  done; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_BIN)/python -m pip install -q -r requirements-test.txt
+	touch $@
+
+unit: venv
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+integration: venv
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
+
+sanity: venv
+	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" bash tests/sanity/run.sh
+
+lint: venv
+	$(VENV_BIN)/ansible-lint
+
+test: deps venv
+	$(MAKE) --no-print-directory unit integration sanity lint
+
+demo: deps venv
+	$(VENV_BIN)/python tests/demo.py
+
+bench: venv
+	$(VENV_BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf build .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,201 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r'''
+module: realise
+short_description: Put the closure of Nix store paths on a host from a binary cache, without Nix
+version_added: 0.1.0
+description:
+  - Given store paths, walks their closure through the caches' C(.narinfo) files, checks that
+    every path is signed by a trusted key, streams each NAR (download, decompress, hash, unpack
+    in one pass), checks C(NarHash) and C(NarSize), moves each path into the store atomically
+    and registers the paths in the Nix database, so that a C(nix) installed later sees them
+    as valid.
+  - No C(nix) binary is needed on the host. The host's Python standard library is enough for
+    C(xz), C(bzip2), C(gzip) and uncompressed caches; C(zstd) caches need the C(zstandard)
+    Python package or the C(zstd) program.
+  - A path is either fully valid in the store or absent. When something fails, paths that are
+    complete together with their references stay registered, and nothing else is left behind.
+  - Paths already valid in the store are not fetched again, so a re-run reports no change.
+author:
+  - nixcache.closure contributors
+extends_documentation_fragment:
+  - nixcache.closure.cache
+options:
+  paths:
+    description:
+      - Store paths to realise, for example C(/nix/store/<hash>-postgresql-and-plugins-15.8).
+        Their whole closure is realised.
+    type: list
+    elements: str
+    required: true
+  root:
+    description:
+      - Alternate root directory. The store goes to C(ROOT/nix/store) and the database to
+        C(ROOT/nix/var/nix/db), as with C(nix --store ROOT). Use it to fill a mounted volume
+        (for example an AMI's root being built with chroot).
+    type: path
+    default: /
+  jobs:
+    description: How many NARs to fetch and unpack at the same time.
+    type: int
+    default: 4
+  register:
+    description:
+      - Register the realised paths in the Nix database. Without it, the paths are only
+        placed in the store, and a path counts as present when it exists there.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: Fetches the C(.narinfo) files only and returns the plan (paths, download and unpacked sizes).
+  diff_mode:
+    support: none
+notes:
+  - Refuses to start when the free space under the store is less than the unpacked size of the
+    paths to fetch.
+  - Takes the Nix database's shared lock and Nix's per-path locks, so it can run beside a Nix
+    daemon using the same store.
+seealso:
+  - name: Nix binary cache format
+    description: How Nix describes and signs store paths in a binary cache.
+    link: https://nix.dev/manual/nix/stable/package-management/binary-cache-substituter
+'''
+
+EXAMPLES = r'''
+- name: Put PostgreSQL's closure on this host
+  nixcache.closure.realise:
+    paths:
+      - /nix/store/0c4v0gqhb1gs2xp0fqgy6bbg6pdvvb2h-postgresql-and-plugins-15.8
+    substituters:
+      - https://cache.example.org
+      - file:///var/cache/nix
+    trusted_public_keys:
+      - cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+
+- name: See what would be downloaded, without changing anything
+  nixcache.closure.realise:
+    paths: "{{ postgres_store_path }}"
+    substituters: "{{ nix_caches }}"
+    trusted_public_keys: "{{ nix_trusted_keys }}"
+  check_mode: true
+  register: plan
+
+- name: Fill the store of a volume mounted at /mnt (an image being built)
+  nixcache.closure.realise:
+    paths: "{{ postgres_store_path }}"
+    root: /mnt
+    substituters: "{{ nix_caches }}"
+    trusted_public_keys: "{{ nix_trusted_keys }}"
+    jobs: 8
+'''
+
+RETURN = r'''
+closure:
+  description: Every path of the closure, with what happened to it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The store path.
+      type: str
+      sample: /nix/store/0c4v0gqhb1gs2xp0fqgy6bbg6pdvvb2h-postgresql-and-plugins-15.8
+    state:
+      description: C(fetched), C(valid) (already there) or C(would fetch) (check mode).
+      type: str
+      sample: fetched
+    nar_size:
+      description: Unpacked size (NarSize) in bytes.
+      type: int
+      sample: 52117816
+    download_size:
+      description: Bytes downloaded (or, in check mode, the compressed size the cache announces).
+      type: int
+      sample: 11234567
+    cache:
+      description: The cache the path came from; null for paths that were already valid.
+      type: str
+      sample: https://cache.example.org
+    signed_by:
+      description: Name of the trusted key whose signature was verified.
+      type: str
+      sample: cache.example.org-1
+requested:
+  description: The store paths asked for.
+  returned: always
+  type: list
+  elements: str
+fetched:
+  description: Store paths fetched by this run.
+  returned: always
+  type: list
+  elements: str
+to_fetch:
+  description: In check mode, the store paths that would be fetched.
+  returned: always
+  type: list
+  elements: str
+download_bytes:
+  description: Bytes downloaded (in check mode, bytes that would be downloaded).
+  returned: always
+  type: int
+unpacked_bytes:
+  description: Bytes written to the store (in check mode, bytes that would be written).
+  returned: always
+  type: int
+download_mb:
+  description: O(download_bytes) in MiB.
+  returned: always
+  type: float
+unpacked_mb:
+  description: O(unpacked_bytes) in MiB.
+  returned: always
+  type: float
+seconds:
+  description: Wall-clock time the module spent.
+  returned: always
+  type: float
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nixcache.closure.plugins.module_utils.common import (
+    cache_argument_spec,
+    caches_from_options,
+    failure,
+    parse_store_paths,
+)
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
+from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=cache_argument_spec(
+            paths=dict(type='list', elements='str', required=True),
+            root=dict(type='path', default='/'),
+            jobs=dict(type='int', default=4),
+            register=dict(type='bool', default=True),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        requested = parse_store_paths(params['paths'])
+        caches, trusted_keys = caches_from_options(params, root=params['root'])
+        with LocalStore(root=params['root']) as store:
+            realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
+                                jobs=params['jobs'], register=params['register'])
+            result = realiser.realise(requested, check_mode=module.check_mode)
+    except NixCacheError as error:
+        module.fail_json(**failure(error))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,129 @@
+"""Session fixtures shared by the integration tests.
+
+Each is built once per test run, and the expensive ones (Nix builds, the caches) once
+per machine: they live under ``build/fixtures`` and are rebuilt only when the store
+paths they hold change.
+
+=====================  =======  ==========================================================
+fixture                scope    yields
+=====================  =======  ==========================================================
+nix_keys               session  Keys(trusted, untrusted), each KeyPair(name, secret_file,
+                                public); caches are signed with ``trusted`` only
+small_closure          session  Closure: ``top``, ``paths``, ``infos`` (tests/fixtures/small.nix)
+pg_closure             session  PgClosure: ``top``, ``paths``, ``glibc``, ``libs``,
+                                ``version``, ``major``, ``variant`` ("a")
+pg_closure_b           session  the same Postgres under another top path (variant "b")
+caches                 session  Caches: compression -> Cache(compression, directory, url,
+                                public_key) for xz, zstd, bzip2, none, each holding all
+                                three closures; ``caches.root`` is their parent
+http_cache_server      session  CacheServer on 127.0.0.1 serving ``caches.root``
+http_cache             function the same server with faults and request log cleared;
+                                ``http_cache.url_for('xz')`` is the xz cache
+sshd_target            session  Sshd on 127.0.0.1; ``.inventory(name, **hostvars)``
+alt_root               function a fresh directory to use as an alternate store root
+=====================  =======  ==========================================================
+"""
+import os
+import pwd
+import time
+
+import pytest
+
+from nixtest import fixtures, nix
+from nixtest.http import CacheServer
+from nixtest.sshd import SSHD, Sshd
+
+_TIMINGS = {}
+
+
+def _timed(name, build):
+    started = time.monotonic()
+    value = build()
+    _TIMINGS[name] = time.monotonic() - started
+    return value
+
+
+def _require_nix():
+    try:
+        nix.require()
+    except nix.NixMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _require_postgres():
+    makefile = '/usr/lib/postgresql/15/lib/pgxs/src/Makefile.global'
+    if not os.path.exists(makefile):
+        pytest.fail('Debian\'s PostgreSQL 15 is missing (%s): run `make deps`' % makefile,
+                    pytrace=False)
+    try:
+        pwd.getpwnam('postgres')
+    except KeyError:
+        pytest.fail('no postgres user: run `make deps` (installs postgresql)', pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def nix_keys():
+    _require_nix()
+    return fixtures.keys()
+
+
+@pytest.fixture(scope='session')
+def small_closure():
+    _require_nix()
+    return _timed('small_closure', fixtures.small_closure)
+
+
+@pytest.fixture(scope='session')
+def pg_closure():
+    _require_nix()
+    _require_postgres()
+    return _timed('pg_closure', lambda: fixtures.pg_closure('a'))
+
+
+@pytest.fixture(scope='session')
+def pg_closure_b():
+    _require_nix()
+    _require_postgres()
+    return _timed('pg_closure_b', lambda: fixtures.pg_closure('b'))
+
+
+@pytest.fixture(scope='session')
+def caches(nix_keys, small_closure, pg_closure, pg_closure_b):
+    return _timed('caches', lambda: fixtures.caches(
+        nix_keys, [small_closure, pg_closure, pg_closure_b]))
+
+
+@pytest.fixture(scope='session')
+def http_cache_server(caches):
+    with CacheServer(caches.root) as server:
+        yield server
+
+
+@pytest.fixture
+def http_cache(http_cache_server):
+    http_cache_server.reset()
+    yield http_cache_server
+    http_cache_server.reset()
+
+
+@pytest.fixture(scope='session')
+def sshd_target():
+    if not os.path.exists(SSHD):
+        pytest.fail('%s is missing: run `make deps` (installs openssh-server)' % SSHD,
+                    pytrace=False)
+    with Sshd() as server:
+        yield server
+
+
+@pytest.fixture
+def alt_root(tmp_path):
+    root = tmp_path / 'root'
+    root.mkdir()
+    return root
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _TIMINGS:
+        terminalreporter.write_sep('-', 'nixtest fixture timings')
+        for name, seconds in _TIMINGS.items():
+            terminalreporter.write_line('%-16s %6.1f s' % (name, seconds))

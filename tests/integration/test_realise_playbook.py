@@ -1,0 +1,121 @@
+"""``nixcache.closure.realise`` run by ansible-playbook against caches written by real Nix.
+
+Each realised root is judged by real Nix: ``nix-store --verify --check-contents`` and
+``nix path-info`` must agree with the cache, and the realised PostgreSQL must run.
+"""
+import json
+import os
+
+import pytest
+
+from nixtest import nix
+from nixtest.ansible import run_playbook
+from nixtest.postgres import run_postgres_smoke
+
+pytestmark = pytest.mark.slow
+
+PLAY = '''
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Realise
+      nixcache.closure.realise:
+        paths: "{{ paths }}"
+        root: "{{ root }}"
+        substituters: "{{ substituters }}"
+        trusted_public_keys: "{{ keys }}"
+      register: realised
+'''
+
+
+def realise(paths, root, substituters, keys, inventory=None, check=False):
+    result = run_playbook(PLAY, inventory, check=check, extra_vars=dict(
+        paths=list(paths), root=str(root), substituters=list(substituters), keys=list(keys)))
+    return result, result.registered('realised')
+
+
+def assert_matches_cache(root, closure):
+    """The root passes real Nix's content check and holds exactly the cache's metadata."""
+    nix.verify_store(str(root))
+    realised = nix.path_info(str(root), [closure.top])
+    assert set(realised) == set(closure.paths)
+    for path, info in realised.items():
+        expected = closure.infos[path]
+        assert info['narHash'] == expected['narHash'], path
+        assert info['narSize'] == expected['narSize'], path
+        assert sorted(info['references']) == sorted(expected['references']), path
+        assert info.get('signatures'), path
+    assert nix.unregistered_entries(str(root)) == []
+
+
+@pytest.mark.parametrize('compression', ['xz', 'zstd', 'bzip2', 'none'])
+def test_realises_small_closure_from_file_cache(compression, caches, small_closure, alt_root):
+    cache = caches[compression]
+    result, realised = realise([small_closure.top], alt_root, [cache.url], [cache.public_key])
+    result.assert_ok()
+    assert realised['changed'] is True
+    assert sorted(realised['fetched']) == sorted(small_closure.paths)
+    assert realised['unpacked_bytes'] == small_closure.nar_size
+    assert all(entry['state'] == 'fetched' and entry['cache'] == cache.url
+               for entry in realised['closure'])
+    assert_matches_cache(alt_root, small_closure)
+
+    again, second = realise([small_closure.top], alt_root, [cache.url], [cache.public_key])
+    again.assert_ok()
+    assert second['changed'] is False
+    assert second['fetched'] == []
+    assert sorted(entry['path'] for entry in second['closure']) == sorted(small_closure.paths)
+    assert all(entry['state'] == 'valid' for entry in second['closure'])
+
+
+def test_postgres_over_http_and_ssh_with_a_bare_python(
+        caches, pg_closure, http_cache, sshd_target, alt_root):
+    """The whole Postgres closure, xz over loopback HTTP, by a stdlib-only host Python."""
+    url = http_cache.url_for('xz')
+    inventory = sshd_target.inventory('target')
+    result, realised = realise([pg_closure.top], alt_root, [url], [caches['xz'].public_key],
+                               inventory=inventory)
+    result.assert_ok()
+    assert sorted(realised['fetched']) == sorted(pg_closure.paths)
+    assert realised['download_bytes'] == sum(
+        request.bytes_sent for request in http_cache.requests_for('/xz/nar/*', 'GET'))
+    assert_matches_cache(alt_root, pg_closure)
+    assert 'PostgreSQL %s' % pg_closure.version in run_postgres_smoke(str(alt_root), pg_closure.top)
+
+    http_cache.clear_log()
+    again, second = realise([pg_closure.top], alt_root, [url], [caches['xz'].public_key],
+                            inventory=inventory)
+    again.assert_ok()
+    assert second['changed'] is False
+    assert http_cache.fetched('*/nar/*') == []
+
+
+def test_check_mode_plans_without_touching_the_root(caches, pg_closure, alt_root):
+    cache = caches['zstd']
+    result, plan = realise([pg_closure.top], alt_root, [cache.url], [cache.public_key], check=True)
+    result.assert_ok()
+    assert plan['changed'] is True
+    assert sorted(plan['to_fetch']) == sorted(pg_closure.paths)
+    assert plan['unpacked_bytes'] == pg_closure.nar_size
+    assert plan['download_mb'] > 0
+    assert os.listdir(str(alt_root)) == []
+
+
+def test_failure_is_reported_with_path_cache_and_key(caches, small_closure, nix_keys, alt_root):
+    cache = caches['xz']
+    result, failed = realise([small_closure.top], alt_root, [cache.url], [nix_keys.untrusted.public])
+    result.assert_failed()
+    assert failed['failed'] is True
+    assert failed['error'] == 'UntrustedPath'
+    assert failed['cache'] == cache.url
+    assert nix_keys.untrusted.name in failed['expected']
+    assert nix_keys.trusted.name in failed['found']
+    assert nix.valid_paths(str(alt_root)) == []
+
+
+def test_results_are_json_clean(caches, small_closure, alt_root):
+    """Everything the module returns survives a JSON round trip (no bytes, no objects)."""
+    cache = caches['none']
+    result, realised = realise([small_closure.top], alt_root, [cache.url], [cache.public_key])
+    result.assert_ok()
+    assert json.loads(json.dumps(realised))['closure']

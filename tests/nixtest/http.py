@@ -1,0 +1,333 @@
+"""A small threaded HTTP server on 127.0.0.1 that serves a directory, for http:// caches.
+
+    with CacheServer(directory) as server:
+        server.url                                  # http://127.0.0.1:PORT
+        server.fault('*.narinfo', status=500, times=1)
+        server.fault('/nar/*', truncate_after=100)
+        ...
+        server.fetched('/nar/*')                     # GET requests that matched
+
+GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n`` -> 206, or 416),
+HTTP/1.1 keep-alive, and a request log.  Faults are chosen per request by a glob
+pattern on the URL path (the first matching fault wins) and can:
+
+* answer with another ``status`` (e.g. 404, 403, 500, 503) and an empty body,
+* ``delay`` the answer by some seconds,
+* send the right headers but only ``truncate_after`` bytes of the body, then close,
+* ``reset`` the connection (TCP RST) without answering,
+* ``corrupt`` the body (flip one byte at that offset), keeping its length,
+* apply only ``times`` times (then the request is served normally).
+"""
+import fnmatch
+import os
+import posixpath
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CONTENT_TYPES = {
+    '.narinfo': 'text/x-nix-narinfo',
+    '.nar': 'application/x-nix-nar',
+    '.xz': 'application/x-xz',
+    '.zst': 'application/zstd',
+    '.bz2': 'application/x-bzip2',
+    '.ls': 'application/json',
+}
+CHUNK = 64 * 1024
+
+
+class Fault:
+    """One injected fault; see the module docstring."""
+
+    def __init__(self, pattern, status=None, delay=0.0, truncate_after=None, reset=False,
+                 corrupt=None, times=None, methods=('GET', 'HEAD')):
+        self.pattern = pattern
+        self.status = status
+        self.delay = delay
+        self.truncate_after = truncate_after
+        self.reset = reset
+        self.corrupt = corrupt
+        self.times = times
+        self.methods = tuple(methods)
+        self.hits = 0
+
+    def matches(self, method, path):
+        if method not in self.methods:
+            return False
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return fnmatch.fnmatchcase(path, self.pattern)
+
+    def __repr__(self):
+        return 'Fault(%r, status=%r, delay=%r, truncate_after=%r, reset=%r, corrupt=%r, ' \
+               'times=%r, hits=%r)' % (self.pattern, self.status, self.delay,
+                                       self.truncate_after, self.reset, self.corrupt,
+                                       self.times, self.hits)
+
+
+class Request:
+    """One logged request."""
+
+    def __init__(self, method, path, headers):
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.range = headers.get('Range')
+        self.status = None          # None when the connection was reset
+        self.bytes_sent = 0
+        self.truncated = False
+        self.fault = None
+
+    def __repr__(self):
+        return '<%s %s -> %s, %d bytes%s%s%s>' % (
+            self.method, self.path, self.status or 'reset', self.bytes_sent,
+            ', range ' + self.range if self.range else '',
+            ', truncated' if self.truncated else '',
+            ', fault %s' % self.fault.pattern if self.fault else '')
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    server_version = 'nixtest-cache/1'
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def _serve(self, body):
+        owner = self.server.owner
+        path = urllib.parse.urlsplit(self.path).path
+        entry = Request(self.command, path, dict(self.headers.items()))
+        fault = owner._take_fault(self.command, path)
+        entry.fault = fault
+        owner._log(entry)
+
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.reset:
+            self._reset()
+            return
+        if fault is not None and fault.status is not None:
+            self._send_empty(entry, fault.status)
+            return
+
+        filename = owner._resolve(path)
+        if filename is None:
+            self._send_empty(entry, 404)
+            return
+        size = os.path.getsize(filename)
+        start, end = 0, size - 1
+        status = 200
+        if 'Range' in self.headers:
+            parsed = _parse_range(self.headers['Range'], size)
+            if parsed is None:
+                self._send_empty(entry, 416, {'Content-Range': 'bytes */%d' % size})
+                return
+            start, end = parsed
+            status = 206
+        length = max(0, end - start + 1)
+
+        entry.status = status
+        self.send_response(status)
+        self.send_header('Content-Type', _content_type(filename))
+        self.send_header('Content-Length', str(length))
+        self.send_header('Accept-Ranges', 'bytes')
+        if status == 206:
+            self.send_header('Content-Range', 'bytes %d-%d/%d' % (start, end, size))
+        self.end_headers()
+        if not body:
+            return
+
+        limit = length
+        if fault is not None and fault.truncate_after is not None:
+            limit = min(length, fault.truncate_after)
+        with open(filename, 'rb') as f:
+            f.seek(start)
+            sent = 0
+            while sent < limit:
+                chunk = f.read(min(CHUNK, limit - sent))
+                if not chunk:
+                    break
+                if fault is not None and fault.corrupt is not None \
+                        and sent <= fault.corrupt < sent + len(chunk):
+                    i = fault.corrupt - sent
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xff]) + chunk[i + 1:]
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                sent += len(chunk)
+                entry.bytes_sent = sent
+        if limit < length:
+            entry.truncated = True
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _send_empty(self, entry, status, headers=None):
+        entry.status = status
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+
+    def _reset(self):
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack('ii', 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+
+def _parse_range(header, size):
+    """``bytes=a-b`` -> (start, end) inclusive, clipped to the file; None if unsatisfiable."""
+    unit, dummy, spec = header.partition('=')
+    if unit.strip() != 'bytes' or ',' in spec:
+        return None
+    first, dummy, last = spec.strip().partition('-')
+    try:
+        if first == '':
+            n = int(last)
+            if n <= 0:
+                return None
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+def _content_type(filename):
+    for suffix, kind in CONTENT_TYPES.items():
+        if filename.endswith(suffix):
+            return kind
+    if os.path.basename(filename) == 'nix-cache-info':
+        return 'text/x-nix-cache-info'
+    return 'application/octet-stream'
+
+
+class CacheServer:
+    """Serve ``directory`` on 127.0.0.1 (a free port) until stopped."""
+
+    def __init__(self, directory):
+        self.directory = os.path.realpath(str(directory))
+        self._lock = threading.Lock()
+        self._faults = []
+        self._requests = []
+        self._httpd = None
+        self._thread = None
+
+    # lifecycle
+    def start(self):
+        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.owner = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        name='nixtest-http', daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._thread.join(timeout=10)
+            self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def port(self):
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self):
+        return 'http://127.0.0.1:%d' % self.port
+
+    def url_for(self, relative):
+        """URL of a file or subdirectory of the served directory, e.g. ``url_for('xz')``."""
+        return '%s/%s' % (self.url, relative.lstrip('/'))
+
+    # faults
+    def fault(self, pattern, **kwargs):
+        """Add a fault for URL paths matching the glob ``pattern`` (e.g. ``'/xz/nar/*'``,
+        ``'*.narinfo'``).  Keyword arguments as for Fault.  Returns the Fault."""
+        fault = Fault(pattern, **kwargs)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self):
+        with self._lock:
+            self._faults = []
+
+    def _take_fault(self, method, path):
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    # request log
+    def _log(self, entry):
+        with self._lock:
+            self._requests.append(entry)
+
+    @property
+    def requests(self):
+        """Every request so far (a copy), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_log(self):
+        with self._lock:
+            self._requests = []
+
+    def reset(self):
+        """Forget faults and logged requests (between tests)."""
+        with self._lock:
+            self._faults = []
+            self._requests = []
+
+    def requests_for(self, pattern='*', method=None):
+        """Logged requests whose path matches the glob ``pattern``."""
+        return [r for r in self.requests
+                if fnmatch.fnmatchcase(r.path, pattern) and (method is None or r.method == method)]
+
+    def fetched(self, pattern='*'):
+        """Paths of GET requests matching ``pattern`` that were answered with a body."""
+        return [r.path for r in self.requests_for(pattern, 'GET') if r.status in (200, 206)]
+
+    # files
+    def _resolve(self, path):
+        parts = [p for p in posixpath.normpath(urllib.parse.unquote(path)).split('/')
+                 if p not in ('', '.', '..')]
+        filename = os.path.realpath(os.path.join(self.directory, *parts))
+        if not (filename == self.directory or filename.startswith(self.directory + os.sep)):
+            return None
+        if not os.path.isfile(filename):
+            return None
+        return filename
