@@ -19,6 +19,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     PathNotInCaches,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import verify_narinfo
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import references_first
 
 
 class PlannedPath(object):
@@ -105,7 +106,8 @@ def plan_closure(requested, caches, trusted_keys, present=None, require_sigs=Tru
                 future.cancel()
             raise
 
-    return Plan(list(requested), _references_first(planned), valid)
+    order = references_first(list(planned), lambda path: planned[path].references)
+    return Plan(list(requested), [planned[path] for path in order], valid)
 
 
 def find_narinfo(store_path, caches, trusted_keys, require_sigs=True):
@@ -144,28 +146,3 @@ def find_narinfo(store_path, caches, trusted_keys, require_sigs=True):
         raise PathNotInCaches('no caches configured', path=str(store_path))
     raise PathNotInCaches('no cache has a usable copy of the path; asked: %s' % '; '.join(answers),
                           path=str(store_path), cache=', '.join(c.url for c in caches))
-
-
-def _references_first(planned):
-    """Planned paths in dependency order (each path after everything it references)."""
-    ordered = []
-    state = {}  # path -> 'visiting' | 'done'
-    for root in sorted(planned):
-        stack = [(root, iter(planned[root].references))]
-        state[root] = state.get(root) or 'visiting'
-        if state[root] == 'done':
-            continue
-        while stack:
-            path, children = stack[-1]
-            advanced = False
-            for child in children:
-                if child in planned and state.get(child) is None:
-                    state[child] = 'visiting'
-                    stack.append((child, iter(planned[child].references)))
-                    advanced = True
-                    break
-            if not advanced:
-                stack.pop()
-                state[path] = 'done'
-                ordered.append(planned[path])
-    return ordered

@@ -188,7 +188,7 @@ def main():
     try:
         requested = parse_store_paths(params['paths'])
         caches, trusted_keys = caches_from_options(params, root=params['root'])
-        with LocalStore(root=params['root']) as store:
+        with LocalStore(root=params['root'], create=not module.check_mode) as store:
             realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
                                 jobs=params['jobs'], register=params['register'])
             result = realiser.realise(requested, check_mode=module.check_mode)

@@ -1,0 +1,194 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Nix signing keys and narinfo signatures.
+
+Keys and signatures are written ``<name>:<base64>``: a public key holds 32 bytes, a
+secret key 64 (seed then public key, as libsodium keeps them), a signature 64.  A
+narinfo is trusted when one of its ``Sig`` lines verifies its fingerprint under a
+trusted key of the same name.
+
+Ed25519 comes from ``cryptography`` when it can be imported, else PyNaCl, else the
+pure-Python implementation in ``ed25519``, so a host with only the standard library
+can verify too.  ``BACKENDS`` lists those available; the first one is used.
+"""
+
+import base64
+import binascii
+
+from ansible_collections.nixcache.closure.plugins.module_utils import ed25519
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidKey, UntrustedPath
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
+
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    HAS_CRYPTOGRAPHY = True
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+
+try:
+    import nacl.exceptions
+    import nacl.signing
+    HAS_NACL = True
+except ImportError:
+    HAS_NACL = False
+
+PUBLIC_KEY_SIZE = 32
+SECRET_KEY_SIZE = 64
+SIGNATURE_SIZE = 64
+
+
+class CryptographyBackend(object):
+    name = 'cryptography'
+
+    @staticmethod
+    def verify(public_key, signature, message):
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    @staticmethod
+    def sign(seed, message):
+        return Ed25519PrivateKey.from_private_bytes(seed).sign(message)
+
+
+class NaclBackend(object):
+    name = 'nacl'
+
+    @staticmethod
+    def verify(public_key, signature, message):
+        try:
+            nacl.signing.VerifyKey(public_key).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+            return False
+        return True
+
+    @staticmethod
+    def sign(seed, message):
+        return nacl.signing.SigningKey(seed).sign(message).signature
+
+
+class PurePythonBackend(object):
+    name = 'python'
+    verify = staticmethod(ed25519.verify)
+    sign = staticmethod(ed25519.sign)
+
+
+BACKENDS = ([CryptographyBackend] if HAS_CRYPTOGRAPHY else []) + \
+    ([NaclBackend] if HAS_NACL else []) + [PurePythonBackend]
+BACKEND = BACKENDS[0]
+
+
+def _split(text, size, what):
+    """(name, bytes) of ``<name>:<base64>``; InvalidKey naming the text when it is not one."""
+    if not isinstance(text, str):
+        raise InvalidKey('a %s must be a string "name:base64"' % what, found=repr(text))
+    name, sep, encoded = text.partition(':')
+    if not sep or not name or not encoded:
+        raise InvalidKey('a %s must look like "name:base64"' % what, found=text)
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidKey('%s "%s" is not valid base64' % (what, name), found=text)
+    if len(data) != size:
+        raise InvalidKey('%s "%s" holds %d bytes, not %d' % (what, name, len(data), size),
+                         found=text)
+    return name, data
+
+
+class PublicKey(object):
+    def __init__(self, name, key):
+        self.name = name
+        self.key = key
+
+    @classmethod
+    def parse(cls, text):
+        return cls(*_split(text.strip() if isinstance(text, str) else text,
+                           PUBLIC_KEY_SIZE, 'public key'))
+
+    def verify(self, message, signature, backend=None):
+        return (backend or BACKEND).verify(self.key, signature, message)
+
+    def __str__(self):
+        return '%s:%s' % (self.name, base64.b64encode(self.key).decode('ascii'))
+
+    def __eq__(self, other):
+        return isinstance(other, PublicKey) and (self.name, self.key) == (other.name, other.key)
+
+    def __hash__(self):
+        return hash((self.name, self.key))
+
+
+class SecretKey(object):
+    def __init__(self, name, seed):
+        self.name = name
+        self.seed = seed
+
+    @classmethod
+    def parse(cls, text):
+        name, data = _split(text.strip() if isinstance(text, str) else text,
+                            SECRET_KEY_SIZE, 'secret key')
+        key = cls(name, data[:32])
+        if key.public_key().key != data[32:]:
+            raise InvalidKey('secret key "%s" does not match its public half' % name)
+        return key
+
+    def public_key(self):
+        return PublicKey(self.name, ed25519.public_key_of(self.seed))
+
+    def sign(self, message, backend=None):
+        """A ``Sig`` value: ``<name>:<base64 signature>``."""
+        signature = (backend or BACKEND).sign(self.seed, message)
+        return '%s:%s' % (self.name, base64.b64encode(signature).decode('ascii'))
+
+
+class TrustedKeys(object):
+    """The public keys a user trusts, parsed up front so that a bad one is named at once."""
+
+    def __init__(self, texts=()):
+        self.keys = [PublicKey.parse(text) for text in texts]
+
+    @property
+    def names(self):
+        return [key.name for key in self.keys]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def signer_of(self, message, sigs, backend=None):
+        """The name of the first trusted key with a valid signature among ``sigs``, or None."""
+        for sig in sigs:
+            name, sep, encoded = sig.partition(':')
+            candidates = [key for key in self.keys if key.name == name]
+            if not sep or not candidates:
+                continue
+            try:
+                signature = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            if len(signature) != SIGNATURE_SIZE:
+                continue
+            if any(key.verify(message, signature, backend) for key in candidates):
+                return name
+        return None
+
+
+def verify_narinfo(narinfo, trusted_keys, store_dir=STORE_DIR):
+    """The name of the trusted key that signed ``narinfo``; UntrustedPath if there is none."""
+    signer = trusted_keys.signer_of(narinfo.fingerprint(store_dir), narinfo.sigs)
+    if signer is not None:
+        return signer
+    found = ', '.join(sig.partition(':')[0] for sig in narinfo.sigs) or 'no signatures'
+    expected = ', '.join(trusted_keys.names) or 'no trusted keys'
+    if not narinfo.sigs:
+        message = 'narinfo is not signed and signatures are required'
+    else:
+        message = 'no signature on the narinfo verifies under a trusted key'
+    raise UntrustedPath(message, path=narinfo.store_path.path(store_dir),
+                        expected=expected, found=found)

@@ -1,0 +1,360 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The local Nix store under a root, kept the way real Nix 2.x reads it.
+
+Layout: ``ROOT/nix/store`` holds the paths, ``ROOT/nix/var/nix/db/db.sqlite`` (schema
+version 10, WAL) says which are valid.  Like Nix we hold a shared lock on
+``db/big-lock`` while we work and an exclusive ``flock`` on ``<path>.lock`` while a path
+is being added, so we and a real Nix exclude each other.  A path becomes valid only
+through ``register``, after its contents are complete on disk and its references are
+valid: the store invariant Nix relies on.
+"""
+
+import errno
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+import uuid
+
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
+    format_base16,
+    format_base32,
+    parse_hash,
+)
+from ansible_collections.nixcache.closure.plugins.module_utils.nar import remove_tree
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import (
+    STORE_DIR,
+    StorePath,
+    references_first,
+)
+
+SCHEMA_VERSION = '10'
+RESERVED_BYTES = 8 * 1024 * 1024
+TEMP_PREFIX = '.nixcache-tmp-'
+SQL_CHUNK = 500  # bound parameters per query, far below SQLite's limit
+
+# The database as Nix 2.8 creates it (src/libstore/schema.sql).
+SCHEMA_SQL = '''
+create table if not exists ValidPaths (
+    id               integer primary key autoincrement not null,
+    path             text unique not null,
+    hash             text not null,
+    registrationTime integer not null,
+    deriver          text,
+    narSize          integer,
+    ultimate         integer,
+    sigs             text,
+    ca               text
+);
+create table if not exists Refs (
+    referrer  integer not null,
+    reference integer not null,
+    primary key (referrer, reference),
+    foreign key (referrer) references ValidPaths(id) on delete cascade,
+    foreign key (reference) references ValidPaths(id) on delete restrict
+);
+create index if not exists IndexReferrer on Refs(referrer);
+create index if not exists IndexReference on Refs(reference);
+create trigger if not exists DeleteSelfRefs before delete on ValidPaths
+  begin
+    delete from Refs where referrer = old.id and reference = old.id;
+  end;
+create table if not exists DerivationOutputs (
+    drv  integer not null,
+    id   text not null,
+    path text not null,
+    primary key (drv, id),
+    foreign key (drv) references ValidPaths(id) on delete cascade
+);
+create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
+'''
+
+
+class LocalStore(object):
+    """A Nix store at ``ROOT/nix/store`` with its database.
+
+    ``create=False`` opens without creating anything (check mode): a store that does not
+    exist yet is simply empty.
+    """
+
+    def __init__(self, root='/', store_dir=STORE_DIR, create=True):
+        if not os.path.isabs(root):
+            raise StoreError('the store root must be an absolute path', found=root)
+        self.root = root
+        self.store_dir = store_dir
+        self.create = create
+        self.real_store_dir = _join(root, store_dir)
+        self.state_dir = _join(root, '/nix/var/nix')
+        self.db_dir = os.path.join(self.state_dir, 'db')
+        self.db_path = os.path.join(self.db_dir, 'db.sqlite')
+        self._db = None
+        self._db_lock = threading.Lock()
+        self._big_lock = None
+
+    # opening and closing
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def open(self):
+        if self.create:
+            self._create_layout()
+        elif not os.path.exists(self.db_path):
+            return  # an empty store: nothing is valid, nothing to lock
+        self._check_schema()
+        self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
+                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._big_lock, fcntl.LOCK_SH)
+        try:
+            self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute('pragma foreign_keys = on')
+            if self.create:
+                self._db.execute('pragma journal_mode = wal')
+                self._db.executescript(SCHEMA_SQL)
+        except sqlite3.Error as error:
+            self.close()
+            raise StoreError('cannot open the Nix database: %s' % error, path=self.db_path)
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._big_lock is not None:
+            os.close(self._big_lock)
+            self._big_lock = None
+
+    def _create_layout(self):
+        for directory in ('db', 'gcroots', 'profiles', 'temproots'):
+            os.makedirs(os.path.join(self.state_dir, directory), exist_ok=True)
+        if not os.path.isdir(self.real_store_dir):
+            os.makedirs(self.real_store_dir)
+            os.chmod(self.real_store_dir, 0o1775)  # as Nix creates it
+        schema_file = os.path.join(self.db_dir, 'schema')
+        if not os.path.exists(self.db_path) and not os.path.exists(schema_file):
+            _write_file(schema_file, SCHEMA_VERSION.encode('ascii'), 0o644)
+        reserved = os.path.join(self.db_dir, 'reserved')
+        if not os.path.exists(reserved):
+            _write_file(reserved, b'\0' * RESERVED_BYTES, 0o600)
+
+    def _check_schema(self):
+        schema_file = os.path.join(self.db_dir, 'schema')
+        try:
+            with open(schema_file) as handle:
+                found = handle.read().strip()
+        except (IOError, OSError):
+            found = 'missing'
+        if found != SCHEMA_VERSION:
+            raise StoreError('the Nix database has a schema version this collection does not write',
+                             path=schema_file, expected=SCHEMA_VERSION, found=found)
+
+    # paths on disk
+
+    def real_path(self, store_path):
+        return os.path.join(self.real_store_dir, store_path.base)
+
+    def exists(self, store_path):
+        return os.path.lexists(self.real_path(store_path))
+
+    def free_bytes(self):
+        """Bytes available to us on the file system that holds (or will hold) the store."""
+        directory = self.real_store_dir
+        while not os.path.exists(directory):
+            directory = os.path.dirname(directory)
+        stats = os.statvfs(directory)
+        return stats.f_bavail * stats.f_frsize
+
+    def temp_dir_for(self, store_path):
+        """A fresh name beside the final one; never a valid store path name."""
+        return os.path.join(self.real_store_dir, '%s%s-%s' % (
+            TEMP_PREFIX, uuid.uuid4().hex[:12], store_path.base))
+
+    def commit(self, temp_dir, store_path):
+        """Move a complete, verified tree into place."""
+        final = self.real_path(store_path)
+        if os.path.lexists(final):
+            raise StoreError('the store path already exists on disk', path=str(store_path))
+        os.rename(temp_dir, final)
+
+    def discard(self, path):
+        """Delete a tree inside the store, even a read-only one; refuse anything else."""
+        inside = os.path.realpath(os.path.dirname(path)) == os.path.realpath(self.real_store_dir)
+        if not inside or os.path.basename(path) in ('', '.', '..'):
+            raise StoreError('refusing to delete outside the store', path=path,
+                             expected='an entry of %s' % self.real_store_dir)
+        if os.path.lexists(path):
+            remove_tree(path)
+
+    def remove_invalid(self, store_path):
+        """Delete what lies at an unregistered path and our stale temporary copies of it.
+
+        Call with the path's lock held.
+        """
+        if os.path.lexists(self.real_path(store_path)) and not self.is_valid(store_path):
+            self.discard(self.real_path(store_path))
+        suffix = '-' + store_path.base
+        for name in os.listdir(self.real_store_dir):
+            if name.startswith(TEMP_PREFIX) and name.endswith(suffix):
+                self.discard(os.path.join(self.real_store_dir, name))
+
+    def lock_path(self, store_path):
+        """Nix's per-path lock: an exclusive flock on ``<path>.lock``."""
+        return _PathLock(self.real_path(store_path) + '.lock')
+
+    # the database
+
+    def _query(self, sql, parameters=()):
+        if self._db is None:
+            return []
+        with self._db_lock:
+            return self._db.execute(sql, parameters).fetchall()
+
+    def is_valid(self, store_path):
+        return store_path in self.valid_subset([store_path])
+
+    def valid_subset(self, store_paths):
+        """The given paths that are registered valid (one query per 500 paths)."""
+        by_text = dict((store_path.path(self.store_dir), store_path) for store_path in store_paths)
+        texts = list(by_text)
+        valid = set()
+        for start in range(0, len(texts), SQL_CHUNK):
+            chunk = texts[start:start + SQL_CHUNK]
+            rows = self._query('select path from ValidPaths where path in (%s)'
+                               % ','.join('?' * len(chunk)), chunk)
+            valid.update(by_text[row[0]] for row in rows)
+        return valid
+
+    def path_info(self, store_path):
+        """What the database says of a valid path, or None."""
+        rows = self._query('select id, hash, registrationTime, deriver, narSize, sigs, ca '
+                           'from ValidPaths where path = ?', (store_path.path(self.store_dir),))
+        if not rows:
+            return None
+        path_id, nar_hash, registered, deriver, nar_size, sigs, ca = rows[0]
+        references = self._query('select path from Refs join ValidPaths on reference = id '
+                                 'where referrer = ?', (path_id,))
+        return dict(
+            nar_hash=format_base32(parse_hash(nar_hash)),
+            nar_size=nar_size,
+            references=sorted(StorePath.parse(row[0], self.store_dir) for row in references),
+            deriver=deriver,
+            sigs=(sigs or '').split(),
+            ca=ca,
+            registration_time=registered,
+        )
+
+    def closure(self, store_paths):
+        """The valid closure of valid ``store_paths`` through the Refs table."""
+        texts = [store_path.path(self.store_dir) for store_path in store_paths]
+        if not texts:
+            return set()
+        rows = self._query(
+            'with recursive closure(id) as ('
+            ' select id from ValidPaths where path in (%s)'
+            ' union select reference from Refs join closure on referrer = closure.id)'
+            ' select path from ValidPaths join closure using (id)' % ','.join('?' * len(texts)),
+            texts)
+        return set(StorePath.parse(row[0], self.store_dir) for row in rows)
+
+    def register(self, infos):
+        """Make complete paths valid: one transaction, references first.
+
+        ``infos`` have ``store_path``, ``nar_hash``, ``nar_size``, ``references``,
+        ``deriver`` (a base name or None), ``sigs`` and ``ca``.  Paths already valid are
+        left as they are.  A reference that is neither valid nor in the batch is refused.
+        """
+        if self._db is None:
+            raise StoreError('the store was opened without creating its database', path=self.db_path)
+        pending = dict((info.store_path, info) for info in infos)
+        already = self.valid_subset(list(pending))
+        order = references_first(list(pending), lambda path: pending[path].references)
+        batch = [pending[path] for path in order if path not in already]
+        if not batch:
+            return
+        in_batch = set(info.store_path for info in batch)
+        outside = set(ref for info in batch for ref in info.references if ref not in in_batch)
+        missing = outside - self.valid_subset(list(outside))
+        for info in batch:
+            for ref in info.references:
+                if ref in missing:
+                    raise StoreError('refusing to register a path whose reference is not valid',
+                                     path=str(info.store_path), expected='%s valid' % ref,
+                                     found='not valid and not being added')
+        now = int(time.time())
+        with self._db_lock:
+            try:
+                self._db.execute('begin immediate')
+                self._db.executemany(
+                    'insert into ValidPaths (path, hash, registrationTime, deriver, narSize, '
+                    'ultimate, sigs, ca) values (?, ?, ?, ?, ?, null, ?, ?)',
+                    [(info.store_path.path(self.store_dir),
+                      format_base16(parse_hash(info.nar_hash)), now,
+                      _deriver_path(info.deriver, self.store_dir), info.nar_size,
+                      ' '.join(info.sigs) or None, info.ca or None) for info in batch])
+                self._db.executemany(
+                    'insert or ignore into Refs (referrer, reference) '
+                    'select a.id, b.id from ValidPaths a, ValidPaths b where a.path = ? and b.path = ?',
+                    [(info.store_path.path(self.store_dir), ref.path(self.store_dir))
+                     for info in batch for ref in info.references])
+                self._db.execute('commit')
+            except sqlite3.Error as error:
+                self._db.execute('rollback')
+                raise StoreError('registering paths in the Nix database failed: %s' % error,
+                                 path=self.db_path)
+
+
+class _PathLock(object):
+    """Exclusive flock on a lock file, with Nix's stale-lock protocol.
+
+    Nix writes a token into a lock file it is about to delete; a waiter that finds the
+    token after acquiring the lock retries with a fresh file.
+    """
+
+    def __init__(self, lock_file):
+        self.lock_file = lock_file
+        self._fd = None
+
+    def __enter__(self):
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_size == 0:
+                self._fd = fd
+                return self
+            os.close(fd)  # stale: its owner deleted it; take a new one
+
+    def __exit__(self, *exc_info):
+        try:
+            os.unlink(self.lock_file)
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                raise
+        os.write(self._fd, b'd')
+        os.close(self._fd)
+        self._fd = None
+
+
+def _deriver_path(deriver, store_dir):
+    if not deriver:
+        return None
+    return deriver if deriver.startswith('/') else '%s/%s' % (store_dir, deriver)
+
+
+def _join(root, absolute):
+    return os.path.join(root, absolute.lstrip('/'))
+
+
+def _write_file(path, data, mode):
+    temp = '%s.tmp-%d' % (path, os.getpid())
+    with open(temp, 'wb') as handle:
+        handle.write(data)
+    os.chmod(temp, mode)
+    os.rename(temp, path)
