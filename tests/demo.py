@@ -45,8 +45,8 @@ def main():
     step('building the PostgreSQL closure with Nix')
     keys = fixtures.keys()
     postgres = fixtures.pg_closure('a')
-    print('    %s (%d paths, %.1f MiB)' % (postgres.top, len(postgres.paths),
-                                         postgres.nar_size / 1048576.0))
+    print('    %s (%d paths, %.1f MiB)'
+          % (postgres.top, len(postgres.paths), postgres.nar_size / 1048576.0))
     step('publishing a signed xz cache')
     caches = fixtures.caches(keys, [postgres], root=os.path.join(conftest.REPO, 'build', 'demo', 'caches'),
                              compressions=('xz',))

@@ -13,7 +13,7 @@ description:
   - Use it to report what an image will contain, or to fail early when a cache lacks a path.
   - Runs on the controller.
 author:
-  - nixcache.closure contributors
+  - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
 options:
@@ -55,10 +55,10 @@ _raw:
       description: Total compressed size in bytes, as the caches announce it.
       type: int
     nar_mb:
-      description: O(nar_bytes) in MiB.
+      description: RV(_raw.nar_bytes) in MiB.
       type: float
     download_mb:
-      description: O(download_bytes) in MiB.
+      description: RV(_raw.download_bytes) in MiB.
       type: float
 '''
 

@@ -12,7 +12,7 @@ description:
     it, and returns its fields.
   - Runs on the controller.
 author:
-  - nixcache.closure contributors
+  - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
 options:

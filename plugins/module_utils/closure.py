@@ -92,7 +92,7 @@ def plan_closure(requested, caches, trusted_keys, present=None, require_sigs=Tru
         try:
             enqueue(requested)
             while pending:
-                done, _ = concurrent.futures.wait(
+                done, _still_pending = concurrent.futures.wait(
                     pending, return_when=concurrent.futures.FIRST_COMPLETED)
                 discovered = []
                 for future in done:

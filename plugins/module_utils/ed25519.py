@@ -63,7 +63,7 @@ def decode_point(data):
 
 
 def encode_point(point):
-    x, y, z, _ = point
+    x, y, z = point[:3]
     inverse = pow(z, P - 2, P)
     x, y = x * inverse % P, y * inverse % P
     return (y | ((x & 1) << 255)).to_bytes(32, 'little')
@@ -125,7 +125,7 @@ def _expand_seed(seed):
 
 def public_key_of(seed):
     """The 32-byte public key of a 32-byte secret seed."""
-    scalar, _ = _expand_seed(seed)
+    scalar = _expand_seed(seed)[0]
     return encode_point(_multiply(scalar, BASE))
 
 

@@ -102,7 +102,7 @@ class _Reader(object):
         if not data:
             self.eof = True
             return b''
-        return data if type(data) is bytes else bytes(data)
+        return data if isinstance(data, bytes) else bytes(data)
 
     def ensure(self, size):
         """Make ``size`` bytes available from ``pos``; False when the stream ends first."""

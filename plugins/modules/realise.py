@@ -20,7 +20,7 @@ description:
     complete together with their references stay registered, and nothing else is left behind.
   - Paths already valid in the store are not fetched again, so a re-run reports no change.
 author:
-  - nixcache.closure contributors
+  - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
 options:
@@ -50,9 +50,11 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Fetches the C(.narinfo) files only and returns the plan (paths, download and unpacked sizes).
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - Refuses to start when the free space under the store is less than the unpacked size of the
@@ -148,11 +150,11 @@ unpacked_bytes:
   returned: always
   type: int
 download_mb:
-  description: O(download_bytes) in MiB.
+  description: RV(download_bytes) in MiB.
   returned: always
   type: float
 unpacked_mb:
-  description: O(unpacked_bytes) in MiB.
+  description: RV(unpacked_bytes) in MiB.
   returned: always
   type: float
 seconds:

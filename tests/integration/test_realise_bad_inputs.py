@@ -5,6 +5,7 @@ edited), copies the small closure's files, spoils one thing, and realises into a
 root.  Afterwards the root must hold only fully valid, registered paths: real
 ``nix-store --verify --check-contents`` passes and no stray directory or lock remains.
 """
+import hashlib
 import os
 import shutil
 import struct
@@ -12,6 +13,7 @@ import struct
 import pytest
 
 from ansible_collections.nixcache.closure.plugins.module_utils import errors
+from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import SecretKey, TrustedKeys
@@ -213,16 +215,13 @@ def test_narinfo_for_another_path_is_refused(spoilable, small_closure, nix_keys,
 @pytest.mark.parametrize('names', [
     [b'..'], [b'.'], [b'a/b'], [b'a\0b'], [b''], [b'b', b'a'], [b'a', b'a'],
 ], ids=['dotdot', 'dot', 'slash', 'nul', 'empty', 'unsorted', 'duplicate'])
-def test_unsafe_nar_is_refused_and_leaves_nothing(names, spoilable, small_closure, nix_keys,
-                                                   alt_root, tmp_path):
+def test_unsafe_nar_is_refused_and_leaves_nothing(names, spoilable, small_closure, nix_keys, alt_root):
     """A correctly signed narinfo whose NAR (hash and size right) is unsafe to unpack."""
     target = leaf_of(small_closure)
     data = directory_nar(*names)
     info = spoilable.narinfo(target)
     with open(spoilable.nar_path(target), 'wb') as handle:
         handle.write(data)
-    import hashlib
-    from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
     digest = hashlib.sha256(data).digest()
     info.nar_digest, info.nar_hash, info.nar_size = digest, format_base32(digest), len(data)
     info.file_hash, info.file_size = None, None

@@ -7,7 +7,8 @@
 # ansible-test is taken from PATH (the Makefile puts .venv/bin first).
 # ansible-test only runs from ansible_collections/<namespace>/<name>/, so the
 # tracked and untracked-but-not-ignored files are copied (without .git) to
-# build/sanity/ansible_collections/nixcache/closure/ and tested there.
+# build/sanity/ansible_collections/nixcache/closure/ and tested there, in a
+# throwaway git repository of their own.
 #
 # HOME points to build/sanity-home so the per-test virtualenvs and the pip
 # bootstrap cache stay inside the repository's build/ directory. The pip
@@ -75,6 +76,10 @@ cp "${repo_root}/tests/sanity/get_pip_stub.py" \
     "${sanity_home}/.ansible/test/cache/get_pip_${pip_version//./_}.py"
 
 cd "${collection_dir}"
+# build/ is ignored by the repository's .gitignore, so ansible-test (which lists files with
+# git) would see no targets here: give the copy a repository of its own.
+git init -q .
+git add -A
 export HOME="${sanity_home}"
 export ANSIBLE_COLLECTIONS_PATH="${build_dir}/sanity"
 # Results and bytecode must not leak back into the source tree.

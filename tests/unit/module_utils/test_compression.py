@@ -87,7 +87,7 @@ def payload(tmp_path_factory):
     root = tmp_path_factory.mktemp('payload') / 'tree'
     root.mkdir()
     generator = random.Random(7)
-    (root / 'random').write_bytes(bytes(generator.getrandbits(8) for _ in range(300000)))
+    (root / 'random').write_bytes(bytes(generator.getrandbits(8) for _byte in range(300000)))
     (root / 'zeros').write_bytes(b'\0' * (2 << 20))
     (root / 'text').write_text('\n'.join('line %d of some text' % n for n in range(50000)))
     (root / 'link').symlink_to('text')
@@ -394,7 +394,7 @@ def test_bare_python_decompresses_zstd_with_the_program(tmp_path, payload):
     python = '/usr/bin/python3'
     if not os.path.exists(python):
         pytest.skip('needs /usr/bin/python3')
-    probe = subprocess.run([python, '-c', 'import zstandard'], stderr=subprocess.DEVNULL)
+    probe = subprocess.run([python, "-c", "import zstandard"], stderr=subprocess.DEVNULL, check=False)
     if probe.returncode == 0:
         pytest.skip('/usr/bin/python3 has zstandard')
     compressed = tmp_path / 'payload.zst'
@@ -494,7 +494,7 @@ def test_decompressors_run_in_parallel_threads(payload):
         results.append(read_all(reader) == payload * 4)
         reader.close()
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work) for _thread in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

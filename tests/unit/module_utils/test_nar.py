@@ -127,7 +127,7 @@ def sample_tree(tmp_path):
 def dump_bytes(path):
     chunks = []
     nar.dump(path, chunks.append)
-    assert all(type(chunk) is bytes for chunk in chunks)
+    assert all(isinstance(chunk, bytes) for chunk in chunks)
     return b''.join(chunks)
 
 
@@ -339,7 +339,7 @@ def test_unpack_reads_the_stream_to_its_end(tmp_path):
 def test_deep_nesting_needs_no_recursion(tmp_path):
     depth = 1500                 # beyond Python's recursion limit
     node = regular(b'bottom')
-    for _ in range(depth):
+    for _level in range(depth):
         node = directory(('d', node))
     data = archive(node)
     dest = tmp_path / 'out'
@@ -353,7 +353,7 @@ def test_deep_nesting_needs_no_recursion(tmp_path):
 
 def test_paths_longer_than_path_max_are_refused(tmp_path):
     node = regular(b'bottom')
-    for _ in range(20):
+    for _level in range(20):
         node = directory(('n' * 250, node))
     dest = tmp_path / 'out'
     with pytest.raises(InvalidNar, match='path longer than'):
@@ -363,7 +363,7 @@ def test_paths_longer_than_path_max_are_refused(tmp_path):
 
 def test_remove_tree_handles_read_only_and_deep_trees(tmp_path):
     node = directory(('file', regular(b'x')), ('link', symlink('/')))
-    for _ in range(1200):
+    for _level in range(1200):
         node = directory(('d', node), ('e', regular(b'y')))
     dest = tmp_path / 'out'
     unpack_bytes(archive(node), dest)
