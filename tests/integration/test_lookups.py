@@ -1,0 +1,71 @@
+"""The controller-side lookups, run by ansible-playbook against a loopback HTTP cache."""
+import pytest
+
+from ansible_collections.nixcache.closure.plugins.module_utils.hashes import parse_hash
+from nixtest.ansible import run_playbook
+
+LOOKUPS = '''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: One narinfo
+      ansible.builtin.set_fact:
+        info: "{{ lookup('nixcache.closure.narinfo', top, substituters=[url], trusted_public_keys=[key]) }}"
+      register: narinfo_lookup
+    - name: The closure
+      ansible.builtin.set_fact:
+        closure: "{{ lookup('nixcache.closure.closure', top, substituters=[url], trusted_public_keys=[key]) }}"
+      register: closure_lookup
+'''
+
+
+def test_narinfo_and_closure_lookups(caches, small_closure, http_cache):
+    url, key = http_cache.url_for('xz'), caches['xz'].public_key
+    result = run_playbook(LOOKUPS, extra_vars=dict(url=url, key=key, top=small_closure.top))
+    result.assert_ok()
+    info = result.registered('narinfo_lookup')['ansible_facts']['info']
+    expected = small_closure.infos[small_closure.top]
+    assert info['store_path'] == small_closure.top
+    assert parse_hash(info['nar_hash']) == parse_hash(expected['narHash'])  # Nix prints SRI
+    assert info['nar_size'] == expected['narSize']
+    assert sorted(info['references']) == sorted(expected['references'])
+    assert info['signed_by'] == 'nixtest-trusted-1' and info['cache'] == url
+
+    closure = result.registered('closure_lookup')['ansible_facts']['closure']
+    assert sorted(entry['path'] for entry in closure['paths']) == sorted(small_closure.paths)
+    assert closure['nar_bytes'] == small_closure.nar_size
+    position = dict((entry['path'], n) for n, entry in enumerate(closure['paths']))
+    for entry in closure['paths']:   # references first
+        assert all(position[ref] <= position[entry['path']] for ref in entry['references'])
+
+
+@pytest.mark.parametrize('key_kind', ['untrusted', 'malformed'])
+def test_lookup_fails_with_the_reason(key_kind, caches, small_closure, http_cache, nix_keys):
+    key = nix_keys.untrusted.public if key_kind == 'untrusted' else nix_keys.trusted.public + '%'
+    result = run_playbook(LOOKUPS, extra_vars=dict(url=http_cache.url_for('xz'), key=key,
+                                                   top=small_closure.top))
+    result.assert_failed()
+    reason = 'no signature' if key_kind == 'untrusted' else 'not valid base64'
+    assert reason in result.stdout + result.stderr
+
+
+def test_module_defaults_group_sets_cache_options(caches, small_closure, alt_root):
+    play = '''
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/nixcache.closure.cache:
+      substituters: ["{{ url }}"]
+      trusted_public_keys: ["{{ key }}"]
+  tasks:
+    - name: Realise with the group's cache options
+      nixcache.closure.realise:
+        paths: ["{{ top }}"]
+        root: "{{ root }}"
+      register: realised
+'''
+    cache = caches['zstd']
+    result = run_playbook(play, extra_vars=dict(url=cache.url, key=cache.public_key,
+                                                top=small_closure.top, root=str(alt_root)))
+    result.assert_ok()
+    assert sorted(result.registered('realised')['fetched']) == sorted(small_closure.paths)
