@@ -42,7 +42,7 @@ MIB = 1024.0 * 1024.0
 
 
 def real_binary_files(total_bytes):
-    """Regular files of at least 4 KiB from SOURCES, in a stable order, up to total_bytes."""
+    """Regular files of 4 KiB to 16 MiB from SOURCES, in a stable order, up to total_bytes."""
     chosen, seen, size = [], set(), 0
     for source in SOURCES:
         for directory, subdirs, names in os.walk(source):
@@ -57,7 +57,7 @@ def real_binary_files(total_bytes):
                         pass
                 except OSError:
                     continue
-                if length < 4096 or any(c in path for c in '\n"$`\\'):
+                if not 4096 <= length <= 16 * 1024 * 1024 or any(c in path for c in '\n"$`\\'):
                     continue
                 seen.add(path)
                 chosen.append((path, length))
@@ -68,18 +68,19 @@ def real_binary_files(total_bytes):
 
 
 def wide_groups(files, count):
-    """``count`` lists of files: the first about a quarter of the bytes, the rest even."""
+    """``count`` non-empty lists of files: the first holds about a quarter of the bytes,
+    the others share the rest round-robin."""
     total = sum(length for _path, length in files)
-    groups, current, current_size = [], [], 0
-    targets = [total / 4.0] + [total * 0.75 / (count - 1)] * (count - 1)
+    first, rest, size = [], [], 0
     for path, length in files:
-        current.append(path)
-        current_size += length
-        if current_size >= targets[len(groups)] and len(groups) < count - 1:
-            groups.append(current)
-            current, current_size = [], 0
-    groups.append(current)
-    return groups
+        if size < total / 4.0:
+            first.append(path)
+            size += length
+        else:
+            rest.append(path)
+    if len(rest) < count - 1:
+        raise SystemExit('only %d files found for %d paths' % (len(rest), count - 1))
+    return [first] + [rest[start::count - 1] for start in range(count - 1)]
 
 
 def wide_closure(total_bytes, count):

@@ -39,8 +39,8 @@ except ImportError:
     except ImportError:
         _brotli = None
 
-READ_SIZE = 1 << 20          # compressed bytes asked of ``raw`` at a time
-DEFAULT_OUTPUT = 1 << 20     # what ``read()`` without a size returns at most
+READ_SIZE = 1 << 18          # compressed bytes asked of ``raw`` at a time
+DEFAULT_OUTPUT = 1 << 18     # what ``read()`` without a size returns at most
 BROTLI_INPUT = 1 << 14       # brotli input per call (older releases cannot bound output)
 ZSTD_PROGRAM = 'zstd'
 _THREAD_JOIN_TIMEOUT = 10

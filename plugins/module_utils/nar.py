@@ -24,7 +24,7 @@ import struct
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidNar, StoreError
 
-READ_SIZE = 1 << 20          # bytes asked of the stream at a time
+READ_SIZE = 1 << 18          # bytes asked of the stream at a time
 NAME_MAX = 255               # longest file name Linux file systems accept
 TARGET_MAX = 4095            # longest symlink target (PATH_MAX less the NUL)
 PATH_MAX = 4095              # longest full path of an unpacked entry, as for Nix

@@ -17,7 +17,12 @@ import socket
 import time
 
 from ansible.module_utils.six.moves.urllib.parse import urlparse, unquote
-from ansible.module_utils.urls import open_url
+from ansible.module_utils.urls import Request
+
+try:  # ansible-core 2.14 and later: one TLS context for every request to a cache
+    from ansible.module_utils.urls import make_context
+except ImportError:  # pragma: no cover - older ansible-core builds a context per request
+    make_context = None
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
@@ -149,13 +154,33 @@ class FileSubstituter(Substituter):
 
 
 class HttpSubstituter(Substituter):
-    """A cache served over HTTP(S), read through ansible-core's URL handling."""
+    """A cache served over HTTP(S), read through ansible-core's URL handling.
 
-    def _request(self, relative_url):
-        return open_url('%s/%s' % (self.url, relative_url),
-                        timeout=self.options.timeout,
-                        validate_certs=self.options.validate_certs,
-                        **self.options.http)
+    The TLS context (CA bundle, client certificate) is built once per cache: building it
+    per request reloads every CA certificate, which costs more than a small narinfo.
+    """
+
+    def __init__(self, url, options=None, store_dir=STORE_DIR):
+        super(HttpSubstituter, self).__init__(url, options, store_dir)
+        self._context = None
+
+    def _tls_context(self):
+        if self._context is None and make_context is not None:
+            http = self.options.http
+            self._context = make_context(cafile=http.get('ca_path'),
+                                         validate_certs=self.options.validate_certs,
+                                         client_cert=http.get('client_cert'),
+                                         client_key=http.get('client_key'))
+        return self._context
+
+    def _request(self, relative_url, headers=None):
+        http = dict(self.options.http)
+        if headers:
+            http['headers'] = dict(http.get('headers') or {}, **headers)
+        return Request().open('GET', '%s/%s' % (self.url, relative_url),
+                              timeout=self.options.timeout,
+                              validate_certs=self.options.validate_certs,
+                              context=self._tls_context(), **http)
 
     def _read(self, relative_url):
         try:
