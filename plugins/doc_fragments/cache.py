@@ -15,6 +15,14 @@ options:
         of the host's C(/etc/nix/nix.conf) are used.
       - C(file:///dir) reads a cache written by C(nix copy --to file:///dir).
       - C(http://host/prefix) and C(https://host/prefix) read a cache served over HTTP(S).
+      - C(s3://bucket?region=eu-west-1&profile=name&endpoint=host:port&scheme=https) reads a cache
+        in an S3 bucket (or an S3-compatible server) as Nix does, with boto3 and the standard AWS
+        credential chain (environment, profile, instance profile). A public bucket can also be
+        read anonymously as C(https://BUCKET.s3.amazonaws.com).
+      - Each cache's C(nix-cache-info) is read once per run; a cache for another store directory
+        is refused. Caches taken from C(nix.conf) are ordered by their C(Priority), as Nix does.
+      - A cache that stops answering is skipped for the rest of the run; paths it was serving are
+        taken from the next cache that has them.
     type: list
     elements: str
     default: []
@@ -55,4 +63,59 @@ options:
         C(include), C(!include) and C(extra-) settings as Nix does.
     type: bool
     default: true
+  url_username:
+    description: User name for HTTP basic authentication to the caches.
+    type: str
+  url_password:
+    description: Password for HTTP basic authentication to the caches.
+    type: str
+  bearer_token:
+    description: A token sent in an C(Authorization) header (C(Bearer TOKEN)) to the caches.
+    type: str
+  netrc_file:
+    description:
+      - A netrc file with credentials per cache host (C(machine HOST login USER password PASS)).
+      - Defaults to the C(netrc-file) setting of C(nix.conf), else C(/etc/nix/netrc), as for Nix.
+      - Used for a cache only when neither O(url_username) nor O(bearer_token) is set.
+    type: path
+  client_cert:
+    description: A PEM client certificate (and key, unless O(client_key) is set) for TLS.
+    type: path
+  client_key:
+    description: The PEM private key of O(client_cert).
+    type: path
+  ca_path:
+    description: A PEM bundle of certificate authorities to trust instead of the system's.
+    type: path
+  use_proxy:
+    description: Use the proxy named by the C(http_proxy), C(https_proxy) and C(no_proxy) variables.
+    type: bool
+    default: true
+  aws_profile:
+    description:
+      - The AWS profile for C(s3://) caches; a C(profile=) parameter in the URL wins.
+      - Without a profile or keys, boto3's credential chain applies (C(AWS_*) environment
+        variables, C(AWS_PROFILE), the instance profile).
+    type: str
+    aliases: [profile]
+  aws_region:
+    description: The AWS region of C(s3://) caches; a C(region=) parameter in the URL wins.
+    type: str
+    aliases: [region]
+  endpoint_url:
+    description: An S3-compatible endpoint for C(s3://) caches; an C(endpoint=) parameter in the URL wins.
+    type: str
+    aliases: [aws_endpoint_url]
+  access_key:
+    description: AWS access key id for C(s3://) caches (else C(AWS_ACCESS_KEY_ID) and the chain).
+    type: str
+    aliases: [aws_access_key_id, aws_access_key]
+  secret_key:
+    description: AWS secret access key for C(s3://) caches (else C(AWS_SECRET_ACCESS_KEY) and the chain).
+    type: str
+    aliases: [aws_secret_access_key, aws_secret_key]
+  session_token:
+    description: AWS session token for temporary credentials (else C(AWS_SESSION_TOKEN)).
+    type: str
+    aliases: [aws_session_token]
 '''

@@ -53,6 +53,12 @@ class Plan(object):
         self.to_fetch = to_fetch
         self.valid = valid
 
+    def use(self, items):
+        """Replace planned paths by the copies actually fetched (from another cache, after
+        a failover), keeping the order."""
+        used = dict((item.store_path, item) for item in items)
+        self.to_fetch = [used.get(item.store_path, item) for item in self.to_fetch]
+
     @property
     def download_bytes(self):
         return sum(item.narinfo.file_size or 0 for item in self.to_fetch)
@@ -115,6 +121,9 @@ def find_narinfo(store_path, caches, trusted_keys, require_sigs=True):
     answers = []
     rejections = []
     for cache in caches:
+        if cache.unavailable:
+            answers.append('%s: skipped, it stopped answering earlier (%s)' % (cache.url, cache.unavailable))
+            continue
         try:
             narinfo = cache.narinfo(store_path)
         except NixCacheError as error:

@@ -8,6 +8,8 @@ doc fragment); every plugin turns them into Substituter and TrustedKeys objects 
 same way, and turns library errors into one failure shape.
 """
 
+import os
+
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     NixCacheError,
     CacheUnavailable,
@@ -23,6 +25,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.storepath import 
     StorePath,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
+    DEFAULT_PRIORITY,
     CacheOptions,
     make_substituter,
 )
@@ -35,7 +38,22 @@ CACHE_ARGUMENT_SPEC = dict(
     retries=dict(type='int', default=3),
     validate_certs=dict(type='bool', default=True),
     use_nix_conf=dict(type='bool', default=True),
+    url_username=dict(type='str'),
+    url_password=dict(type='str', no_log=True),
+    bearer_token=dict(type='str', no_log=True),
+    netrc_file=dict(type='path'),
+    client_cert=dict(type='path'),
+    client_key=dict(type='path', no_log=False),
+    ca_path=dict(type='path'),
+    use_proxy=dict(type='bool', default=True),
+    aws_profile=dict(type='str', aliases=['profile']),
+    aws_region=dict(type='str', aliases=['region']),
+    endpoint_url=dict(type='str', aliases=['aws_endpoint_url']),
+    access_key=dict(type='str', aliases=['aws_access_key_id', 'aws_access_key'], no_log=False),
+    secret_key=dict(type='str', aliases=['aws_secret_access_key', 'aws_secret_key'], no_log=True),
+    session_token=dict(type='str', aliases=['aws_session_token'], no_log=True),
 )
+DEFAULT_NETRC = '/etc/nix/netrc'  # Nix's default netrc-file
 
 
 def cache_argument_spec(**extra):
@@ -50,15 +68,20 @@ def cache_options_of(plugin):
     return dict((name, plugin.get_option(name)) for name in CACHE_ARGUMENT_SPEC)
 
 
-def caches_from_options(options, root='/', store_dir=STORE_DIR):
-    """Substituters (in the order given) and trusted keys from the cache options.
+def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
+    """Substituters and trusted keys from the cache options.
 
     Options left empty are taken from ``ROOT/etc/nix/nix.conf`` unless ``use_nix_conf``
-    is off, as a Nix on that host would configure itself.
+    is off, as a Nix on that host would configure itself.  With ``probe``, each cache's
+    ``nix-cache-info`` is read once: a cache for another store directory is refused, and
+    caches taken from nix.conf are ordered by their Priority (lower first), as Nix does;
+    caches the user listed keep the user's order.
     """
     urls = [url for url in options.get('substituters') or [] if url]
+    user_ordered = bool(urls)
     keys = list(options.get('trusted_public_keys') or [])
-    if options.get('use_nix_conf', True) and not (urls and keys):
+    settings = {}
+    if options.get('use_nix_conf', True):
         settings = read_nix_conf(NIX_CONF, root=root)
         urls = urls or setting_list(settings, 'substituters')
         keys = keys or setting_list(settings, 'trusted-public-keys')
@@ -66,12 +89,51 @@ def caches_from_options(options, root='/', store_dir=STORE_DIR):
         raise CacheUnavailable('no substituters given: set the substituters option '
                                '(for example https://cache.example.org or file:///var/cache/nix) '
                                'or substituters in %s' % NIX_CONF)
+    netrc_file = options.get('netrc_file') or settings.get('netrc-file') or DEFAULT_NETRC
+    http = dict(url_username=options.get('url_username'), url_password=options.get('url_password'),
+                bearer_token=options.get('bearer_token'), client_cert=options.get('client_cert'),
+                client_key=options.get('client_key'), ca_path=options.get('ca_path'),
+                use_proxy=options.get('use_proxy', True),
+                netrc_file=_under_root(root, netrc_file))
+    aws = dict(profile=options.get('aws_profile'), region=options.get('aws_region'),
+               endpoint_url=options.get('endpoint_url'), access_key=options.get('access_key'),
+               secret_key=options.get('secret_key'), session_token=options.get('session_token'))
     cache_options = CacheOptions(timeout=options.get('timeout', 30),
                                  retries=options.get('retries', 3),
-                                 validate_certs=options.get('validate_certs', True))
+                                 validate_certs=options.get('validate_certs', True),
+                                 http=dict((k, v) for k, v in http.items() if v is not None),
+                                 aws=dict((k, v) for k, v in aws.items() if v))
     caches = [make_substituter(url, cache_options, store_dir) for url in urls]
     trusted = TrustedKeys(keys)
+    if probe:
+        caches = probe_caches(caches, store_dir, by_priority=not user_ordered)
     return caches, trusted
+
+
+def probe_caches(caches, store_dir=STORE_DIR, by_priority=False):
+    """Read every cache's nix-cache-info once: refuse a cache of another store directory,
+    and order by Priority when asked.  A cache that does not answer is kept (marked
+    unavailable), so that the others can still serve."""
+    for cache in caches:
+        try:
+            info = cache.cache_info()
+        except CacheUnavailable:
+            if cache.unavailable:
+                continue
+            raise
+        if info.get('StoreDir', store_dir) != store_dir:
+            raise CacheUnavailable('the cache holds paths for another store directory',
+                                   cache=cache.url, expected=store_dir, found=info['StoreDir'])
+    if by_priority:
+        caches = sorted(caches, key=lambda cache: cache.priority() if not cache.unavailable
+                        else DEFAULT_PRIORITY)
+    return caches
+
+
+def _under_root(root, path):
+    if not root or root == '/' or not os.path.isabs(path):
+        return path
+    return os.path.join(root, path.lstrip('/'))
 
 
 def parse_store_paths(texts, store_dir=STORE_DIR):

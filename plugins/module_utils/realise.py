@@ -15,9 +15,10 @@ import concurrent.futures
 import contextlib
 import time
 
-from ansible_collections.nixcache.closure.plugins.module_utils.closure import plan_closure
+from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo, plan_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.compression import open_decompressed
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
+    CacheUnavailable,
     HashMismatch,
     InsufficientSpace,
     NixCacheError,
@@ -91,14 +92,14 @@ class Realiser(object):
         with contextlib.ExitStack() as locks:
             try:
                 with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                    futures = dict(
-                        (pool.submit(self._fetch_one, item, locks), item) for item in plan.to_fetch)
+                    futures = [pool.submit(self._fetch_one, item, locks) for item in plan.to_fetch]
                     try:
                         for future in concurrent.futures.as_completed(futures):
-                            count = future.result()
-                            if count is not None:
-                                downloaded[futures[future].store_path] = count
-                                committed.append(futures[future])
+                            result = future.result()
+                            if result is not None:
+                                used, count = result
+                                downloaded[used.store_path] = count
+                                committed.append(used)
                     except BaseException:
                         for future in futures:
                             future.cancel()
@@ -106,11 +107,13 @@ class Realiser(object):
                         for future in futures:
                             if not future.cancelled():
                                 try:
-                                    if future.result() is not None:
-                                        committed.append(futures[future])
+                                    result = future.result()
+                                    if result is not None and result[0] not in committed:
+                                        committed.append(result[0])
                                 except Exception:
                                     pass
                         raise
+                plan.use(committed)
                 if self.register:
                     self.store.register([item_info(item) for item in plan.to_fetch
                                          if item.store_path in downloaded])
@@ -120,11 +123,36 @@ class Realiser(object):
         return downloaded
 
     def _fetch_one(self, item, locks):
-        """Fetch, verify and commit one path under its lock; None if it became valid meanwhile."""
+        """Fetch, verify and commit one path under its lock.
+
+        Returns (the PlannedPath actually used, bytes downloaded), or None if the path
+        became valid meanwhile.  When its cache stops answering, another cache that has
+        a trustworthy copy serves the path instead.
+        """
         store_path = item.store_path
         locks.enter_context(self.store.lock_path(store_path))
         if self.store.exists(store_path) and self.present([store_path]):
             return None
+        failures, tried = [], []
+        while True:
+            try:
+                return item, self._download(item)
+            except CacheUnavailable as error:
+                failures.append('%s: %s' % (item.cache.url, error.message))
+                tried.append(item.cache)
+                others = [cache for cache in self.caches
+                          if cache not in tried and not cache.unavailable]
+                try:
+                    item = find_narinfo(store_path, others, self.trusted_keys, self.require_sigs)
+                except NixCacheError:
+                    if len(failures) == 1:
+                        raise error
+                    raise CacheUnavailable('no cache could deliver the path: %s' % '; '.join(failures),
+                                           path=str(store_path))
+
+    def _download(self, item):
+        """Stream one NAR into a temporary directory, check it, and move it into place."""
+        store_path = item.store_path
         self.store.remove_invalid(store_path)
         temp_dir = self.store.temp_dir_for(store_path)
         try:

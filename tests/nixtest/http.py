@@ -17,6 +17,9 @@ pattern on the URL path (the first matching fault wins) and can:
 * ``reset`` the connection (TCP RST) without answering,
 * ``corrupt`` the body (flip one byte at that offset), keeping its length,
 * apply only ``times`` times (then the request is served normally).
+
+``require_basic_auth(user, password)`` / ``require_bearer(token)`` answer 401 to requests
+without those credentials; ``ranges_ignored = True`` serves whole files to Range requests.
 """
 import fnmatch
 import os
@@ -118,6 +121,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.status is not None:
             self._send_empty(entry, fault.status)
             return
+        required = owner.required_authorization
+        if required is not None and self.headers.get('Authorization') not in required:
+            self._send_empty(entry, 401, {'WWW-Authenticate': 'Basic realm="cache"'})
+            return
+        if owner.ranges_ignored:
+            del self.headers['Range']
 
         filename = owner._resolve(path)
         if filename is None:
@@ -232,6 +241,9 @@ class CacheServer:
         self._lock = threading.Lock()
         self._faults = []
         self._requests = []
+        # Authorization header values accepted (None: no authentication asked for)
+        self.required_authorization = None
+        self.ranges_ignored = False  # answer Range requests with the whole file (200)
         self._httpd = None
         self._thread = None
 
@@ -306,11 +318,25 @@ class CacheServer:
         with self._lock:
             self._requests = []
 
+    def require_basic_auth(self, user, password):
+        """Answer 401 to requests without these credentials (None: open again)."""
+        import base64
+        if user is None:
+            self.required_authorization = None
+            return
+        token = base64.b64encode(('%s:%s' % (user, password)).encode()).decode()
+        self.required_authorization = ('Basic ' + token,)
+
+    def require_bearer(self, token):
+        self.required_authorization = ('Bearer ' + token,)
+
     def reset(self):
-        """Forget faults and logged requests (between tests)."""
+        """Forget faults, logged requests and authentication (between tests)."""
         with self._lock:
             self._faults = []
             self._requests = []
+        self.required_authorization = None
+        self.ranges_ignored = False
 
     def requests_for(self, pattern='*', method=None):
         """Logged requests whose path matches the glob ``pattern``."""
