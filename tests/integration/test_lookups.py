@@ -69,3 +69,32 @@ def test_module_defaults_group_sets_cache_options(caches, small_closure, alt_roo
                                                 top=small_closure.top, root=str(alt_root)))
     result.assert_ok()
     assert sorted(result.registered('realised')['fetched']) == sorted(small_closure.paths)
+
+
+def test_cache_info_probes_every_cache(caches, small_closure, http_cache, nix_keys):
+    import socket
+    with socket.socket() as spare:
+        spare.bind(('127.0.0.1', 0))
+        dead = 'http://127.0.0.1:%d' % spare.getsockname()[1]
+    missing = '/nix/store/' + '0' * 32 + '-not-pushed'
+    play = '''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Probe
+      ansible.builtin.set_fact:
+        probes: "{{ query('nixcache.closure.cache_info', url, dead, paths=[top, missing],
+                          trusted_public_keys=[key], retries=0, timeout=2) }}"
+      register: probed
+'''
+    url = http_cache.url_for('xz')
+    result = run_playbook(play, extra_vars=dict(url=url, dead=dead, top=small_closure.top,
+                                                missing=missing, key=caches['xz'].public_key))
+    result.assert_ok()
+    live, gone = result.registered('probed')['ansible_facts']['probes']
+    assert live['url'] == url and live['reachable'] is True and live['store_dir_matches'] is True
+    assert live['priority'] == 40 and live['want_mass_query'] is True
+    assert live['paths'][small_closure.top]['present'] is True
+    assert live['paths'][small_closure.top]['signed_by'] == nix_keys.trusted.name
+    assert live['paths'][missing] == dict(present=False, signed_by=None, nar_size=None)
+    assert gone['reachable'] is False and gone['url'] == dead and 'refused' in gone['error'].lower()

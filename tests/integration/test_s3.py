@@ -1,0 +1,156 @@
+"""s3:// caches: a real Nix-written cache uploaded to a moto S3 server, read through boto3.
+
+moto runs in server mode on 127.0.0.1, so requests go over real HTTP through
+botocore (signing, endpoints, profiles, time-outs) exactly as against S3.  The AWS
+settings of the machine never leak in: every test gets empty config and credential
+files, no AWS_* variables and no instance-metadata look-ups.
+"""
+import os
+import socket
+
+import pytest
+
+from ansible_collections.nixcache.closure.plugins.module_utils import errors
+from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
+from ansible_collections.nixcache.closure.plugins.module_utils.s3 import S3Substituter, s3_substituter
+from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
+from ansible_collections.nixcache.closure.plugins.module_utils.substituters import CacheOptions
+from nixtest import nix
+
+boto3 = pytest.importorskip('boto3')
+moto_server = pytest.importorskip('moto.server')
+
+BUCKET = 'nix-cache'
+AWS_VARIABLES = ('AWS_PROFILE', 'AWS_DEFAULT_PROFILE', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY',
+                 'AWS_SESSION_TOKEN', 'AWS_SECURITY_TOKEN', 'AWS_REGION', 'AWS_DEFAULT_REGION',
+                 'AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_S3', 'AWS_CA_BUNDLE', 'AWS_ROLE_ARN',
+                 'AWS_WEB_IDENTITY_TOKEN_FILE', 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI',
+                 'AWS_CONTAINER_CREDENTIALS_FULL_URI')
+
+
+def isolate_aws(patch, directory):
+    """Point boto3 at empty config files and drop the machine's AWS settings."""
+    for name in AWS_VARIABLES:
+        patch.delenv(name, raising=False)
+    for variable, name in (('AWS_CONFIG_FILE', 'config'), ('AWS_SHARED_CREDENTIALS_FILE', 'credentials')):
+        path = os.path.join(str(directory), name)
+        if not os.path.exists(path):
+            open(path, 'w').close()
+        patch.setenv(variable, path)
+    patch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
+
+
+@pytest.fixture(scope='module')
+def s3_server(caches, tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 whose bucket holds every file of the xz cache."""
+    server = moto_server.ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = '127.0.0.1:%d' % server.get_host_and_port()[1]
+        with pytest.MonkeyPatch.context() as patch:
+            isolate_aws(patch, tmp_path_factory.mktemp('aws-upload'))
+            client = boto3.session.Session(aws_access_key_id='upload', aws_secret_access_key='upload',
+                                           region_name='us-east-1').client('s3', endpoint_url='http://' + endpoint)
+            client.create_bucket(Bucket=BUCKET)
+            top = caches['xz'].directory
+            for directory, _dirs, files in os.walk(top):
+                for name in files:
+                    path = os.path.join(directory, name)
+                    client.upload_file(path, BUCKET, os.path.relpath(path, top).replace(os.sep, '/'))
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    directory = tmp_path / 'aws'
+    directory.mkdir()
+    isolate_aws(monkeypatch, directory)
+    return directory
+
+
+def options(**aws):
+    return CacheOptions(timeout=2, retries=1, backoff=0.05, aws=aws)
+
+
+def realise(substituter, root, keys, paths):
+    store = LocalStore(root=str(root))
+    with store:
+        Realiser(store, [substituter], TrustedKeys(keys)).realise([StorePath.parse(path) for path in paths])
+
+
+def assert_realised(root, closure):
+    nix.verify_store(str(root))
+    assert nix.valid_paths(str(root)) == set(closure.paths)
+
+
+def test_realise_with_credentials_from_the_environment(s3_server, aws_env, monkeypatch,
+                                                       small_closure, nix_keys, alt_root):
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'testing')
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'testing')
+    url = 's3://%s?region=us-east-1&endpoint=%s&scheme=http' % (BUCKET, s3_server)
+    substituter = S3Substituter(url, options())
+    assert substituter.endpoint_url == 'http://' + s3_server
+    assert substituter.cache_info().get('StoreDir') == '/nix/store'
+    realise(substituter, alt_root, [nix_keys.trusted.public], [small_closure.top])
+    assert_realised(alt_root, small_closure)
+
+
+def test_realise_with_a_profile_and_the_endpoint_from_options(s3_server, aws_env, monkeypatch,
+                                                              small_closure, nix_keys, alt_root):
+    (aws_env / 'credentials').write_text('[cachereader]\naws_access_key_id = profilekey\n'
+                                         'aws_secret_access_key = profilesecret\n')
+    (aws_env / 'config').write_text('[profile cachereader]\nregion = us-east-1\n')
+    url = 's3://%s?profile=cachereader' % BUCKET
+    cache_options = CacheOptions(timeout=2, retries=1, backoff=0.05)
+    cache_options.aws = {'endpoint_url': 'http://' + s3_server}
+    substituter = s3_substituter(url, cache_options, '/nix/store')
+    realise(substituter, alt_root, [nix_keys.trusted.public], [small_closure.top])
+    assert_realised(alt_root, small_closure)
+    # the keys really came from the profile
+    credentials = substituter._client()._request_signer._credentials
+    assert credentials.access_key == 'profilekey'
+
+
+def test_url_parameters_win_over_options(s3_server, aws_env, small_closure):
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        dead = 'http://127.0.0.1:%d' % probe.getsockname()[1]
+    url = 's3://%s?region=us-east-1&endpoint=http://%s&ignored-parameter=1' % (BUCKET, s3_server)
+    substituter = S3Substituter(url, options(endpoint_url=dead, region='eu-west-1',
+                                             access_key='optkey', secret_key='optsecret'))
+    assert substituter.endpoint_url == 'http://' + s3_server
+    info = substituter.narinfo(StorePath.parse(small_closure.top))
+    assert str(info.store_path) == small_closure.top
+
+
+def test_path_missing_in_the_bucket_is_none(s3_server, aws_env):
+    url = 's3://%s?region=us-east-1&endpoint=%s&scheme=http' % (BUCKET, s3_server)
+    substituter = S3Substituter(url, options(access_key='testing', secret_key='testing'))
+    assert substituter.narinfo(StorePath.parse('/nix/store/' + '0' * 32 + '-x')) is None
+    with pytest.raises(errors.CacheUnavailable, match='does not hold it'):
+        substituter.open_nar('nar/' + '0' * 52 + '.nar.xz')
+
+
+def test_unreachable_endpoint_names_the_cache(aws_env, small_closure):
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    url = 's3://%s?region=us-east-1&endpoint=127.0.0.1:%d&scheme=http' % (BUCKET, port)
+    substituter = S3Substituter(url, options(access_key='testing', secret_key='testing'))
+    with pytest.raises(errors.CacheUnavailable) as raised:
+        substituter.narinfo(StorePath.parse(small_closure.top))
+    assert url in str(raised.value)
+    assert 'after 2 attempt(s)' in str(raised.value)
+    assert substituter.unavailable  # later look-ups skip it
+
+
+def test_missing_credentials_and_bad_urls_are_clear(aws_env):
+    substituter = S3Substituter('s3://%s?region=us-east-1&endpoint=127.0.0.1:1&scheme=http' % BUCKET, options())
+    with pytest.raises(errors.CacheUnavailable, match='credentials'):
+        substituter.narinfo(StorePath.parse('/nix/store/' + '0' * 32 + '-x'))
+    with pytest.raises(errors.CacheUnavailable, match='bucket name'):
+        S3Substituter('s3://?region=us-east-1', options())
