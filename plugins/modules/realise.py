@@ -21,6 +21,11 @@ description:
   - Paths already valid in the store are not fetched again, so a re-run reports no change.
 author:
   - nixcache.closure maintainers (@nixcache)
+requirements:
+  - Python 3.9 or newer on the managed host; its standard library is enough for C(file://) and
+    C(http(s)://) caches compressed with C(xz), C(bzip2), C(gzip) or nothing.
+  - C(boto3) for C(s3://) caches.
+  - C(zstandard) (Python) or the C(zstd) program for C(zstd) caches.
 extends_documentation_fragment:
   - nixcache.closure.cache
 options:
@@ -163,7 +168,7 @@ seconds:
   type: float
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     cache_argument_spec,
@@ -171,6 +176,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     failure,
     parse_store_paths,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils import s3
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
@@ -190,6 +196,9 @@ def main():
     try:
         requested = parse_store_paths(params['paths'])
         caches, trusted_keys = caches_from_options(params, root=params['root'])
+        if any(cache.url.startswith('s3:') for cache in caches) and not s3.HAS_BOTO3:
+            module.fail_json(msg=missing_required_lib('boto3', reason='for s3:// caches'),
+                             exception=s3.BOTO3_IMPORT_ERROR)
         with LocalStore(root=params['root'], create=not module.check_mode) as store:
             realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
                                 jobs=params['jobs'], register=params['register'])
