@@ -25,10 +25,7 @@ from ansible.module_utils.six.moves.urllib.parse import parse_qs, unquote, urlpa
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
-from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
-    CacheOptions,
-    Substituter,
-)
+from ansible_collections.nixcache.closure.plugins.module_utils.substituters import Substituter
 
 try:
     import boto3
@@ -59,7 +56,7 @@ class S3Substituter(Substituter):
     """A cache in an S3 bucket (or any S3-compatible service), read with boto3."""
 
     def __init__(self, url, options=None, store_dir=STORE_DIR):
-        super(S3Substituter, self).__init__(url, options or CacheOptions(), store_dir)
+        super(S3Substituter, self).__init__(url, options, store_dir)
         parsed = urlparse(self.url)
         self.bucket = unquote(parsed.netloc)
         if not self.bucket:

@@ -154,3 +154,33 @@ def test_missing_credentials_and_bad_urls_are_clear(aws_env):
         substituter.narinfo(StorePath.parse('/nix/store/' + '0' * 32 + '-x'))
     with pytest.raises(errors.CacheUnavailable, match='bucket name'):
         S3Substituter('s3://?region=us-east-1', options())
+
+
+def test_module_with_aws_options_from_module_defaults(s3_server, aws_env, small_closure, nix_keys,
+                                                      alt_root):
+    """The module, with the AWS options set once for the play through the action group."""
+    from nixtest.ansible import run_playbook
+    play = '''
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/nixcache.closure.cache:
+      substituters: ["s3://{{ bucket }}?region=us-east-1"]
+      trusted_public_keys: ["{{ key }}"]
+      endpoint_url: "http://{{ endpoint }}"
+      access_key: from-options
+      secret_key: n0t-logged
+  tasks:
+    - name: Realise from S3
+      nixcache.closure.realise:
+        paths: ["{{ top }}"]
+        root: "{{ root }}"
+      register: realised
+'''
+    result = run_playbook(play, extra_vars=dict(bucket=BUCKET, key=nix_keys.trusted.public,
+                                                endpoint=s3_server, top=small_closure.top,
+                                                root=str(alt_root)))
+    result.assert_ok()
+    assert sorted(result.registered('realised')['fetched']) == sorted(small_closure.paths)
+    assert 'n0t-logged' not in result.stdout + result.stderr
+    assert_realised(alt_root, small_closure)
