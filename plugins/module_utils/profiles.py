@@ -1,0 +1,168 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Nix profiles, kept the way ``nix-env`` keeps them.
+
+A profile ``DIR/NAME`` is a symlink to its current generation ``NAME-N-link`` (relative,
+in the same directory), and each generation is a symlink to a store path.  Switching
+makes a new generation and replaces the profile link atomically (a temporary link
+renamed over it).  Profiles under ``/nix/var/nix/profiles`` are garbage-collector roots
+through the ``gcroots/profiles`` link Nix creates; a profile elsewhere gets an indirect
+root in ``gcroots/auto``, as ``nix-env -p`` gives it.
+"""
+
+import hashlib
+import os
+import re
+
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
+
+PROFILES_DIR = '/nix/var/nix/profiles'
+GCROOTS_DIR = '/nix/var/nix/gcroots'
+NAME_RE = re.compile(r'\A[A-Za-z0-9+._?=-]+\Z')
+
+
+def under_root(root, path):
+    """The real location of ``path`` (absolute, as seen on the host) below ``root``."""
+    if not root or root == '/':
+        return path
+    return os.path.join(root, path.lstrip('/'))
+
+
+class Profile(object):
+    """The profile at ``path`` (a path on the host, e.g. /nix/var/nix/profiles/default)."""
+
+    def __init__(self, path, root='/', store_dir=STORE_DIR):
+        if not os.path.isabs(path) or '\0' in path:
+            raise StoreError('a profile must be an absolute path', found=path)
+        self.path = os.path.normpath(path)
+        self.directory, self.name = os.path.split(self.path)
+        if not NAME_RE.match(self.name):
+            raise StoreError('a profile name has only letters, digits and + - . _ ? =',
+                             found=self.name)
+        self.root = root
+        self.store_dir = store_dir
+        self.real_path = under_root(root, self.path)
+        self.real_directory = os.path.dirname(self.real_path)
+        self._generation_re = re.compile(r'\A%s-(\d+)-link\Z' % re.escape(self.name))
+
+    def generation_link(self, number):
+        return '%s-%d-link' % (self.name, number)
+
+    def generations(self):
+        """{number: store path text} of every generation, read from the links."""
+        found = {}
+        try:
+            names = os.listdir(self.real_directory)
+        except OSError:
+            return found
+        for name in names:
+            match = self._generation_re.match(name)
+            if match:
+                found[int(match.group(1))] = os.readlink(os.path.join(self.real_directory, name))
+        return found
+
+    def current(self):
+        """The number of the current generation, or None when the profile does not exist."""
+        try:
+            target = os.readlink(self.real_path)
+        except OSError:
+            return None
+        match = self._generation_re.match(os.path.basename(target))
+        if not match:
+            raise StoreError('the profile is a link, but not to one of its generations; '
+                             'refusing to touch it', path=self.path, found=target)
+        return int(match.group(1))
+
+    def current_target(self):
+        number = self.current()
+        return None if number is None else self.generations().get(number)
+
+    def switch_to(self, store_path, keep=None):
+        """Make ``store_path`` current (a new generation unless it already is); returns the
+        generation number.  ``keep`` old generations are kept (None: all of them)."""
+        target = store_path.path(self.store_dir)
+        generations = self.generations()
+        number = self.current()
+        if number is None or generations.get(number) != target:
+            self._make_directory()
+            number = max(generations) + 1 if generations else 1
+            _replace_link(target, os.path.join(self.real_directory, self.generation_link(number)))
+            _replace_link(self.generation_link(number), self.real_path)
+        self.ensure_gc_root()
+        if keep is not None:
+            self.delete_old(keep)
+        return number
+
+    def rollback(self):
+        """Switch to the newest generation older than the current one; its number."""
+        current = self.current()
+        if current is None:
+            raise StoreError('the profile does not exist: nothing to roll back', path=self.path)
+        older = [number for number in self.generations() if number < current]
+        if not older:
+            raise StoreError('no generation older than the current one (%d) to roll back to'
+                             % current, path=self.path)
+        _replace_link(self.generation_link(max(older)), self.real_path)
+        return max(older)
+
+    def delete_old(self, keep):
+        """Delete generations older than the current one except the ``keep`` newest."""
+        current = self.current()
+        older = sorted((n for n in self.generations() if current is None or n < current),
+                       reverse=True)
+        deleted = older[keep:]
+        for number in deleted:
+            os.unlink(os.path.join(self.real_directory, self.generation_link(number)))
+        return deleted
+
+    def remove(self):
+        """Remove the profile link, every generation and our indirect root."""
+        for number in self.generations():
+            os.unlink(os.path.join(self.real_directory, self.generation_link(number)))
+        if os.path.lexists(self.real_path):
+            os.unlink(self.real_path)
+        auto_root = self._auto_root()
+        if auto_root and os.path.lexists(auto_root):
+            os.unlink(auto_root)
+
+    def ensure_gc_root(self):
+        """Make the profile's generations garbage-collector roots, as Nix does."""
+        if self.path == PROFILES_DIR or self.path.startswith(PROFILES_DIR + '/'):
+            link = under_root(self.root, GCROOTS_DIR + '/profiles')
+            if not os.path.lexists(link):
+                _make_dirs(os.path.dirname(link))
+                os.symlink(PROFILES_DIR, link)
+            return
+        link = self._auto_root()
+        _make_dirs(os.path.dirname(link))
+        if not os.path.lexists(link) or os.readlink(link) != self.path:
+            _replace_link(self.path, link)
+
+    def _auto_root(self):
+        if self.path.startswith(PROFILES_DIR + '/'):
+            return None
+        digest = hashlib.sha256(self.path.encode('utf-8')).hexdigest()[:32]
+        return under_root(self.root, '%s/auto/%s' % (GCROOTS_DIR, digest))
+
+    def _make_directory(self):
+        _make_dirs(self.real_directory)
+
+
+def store_path_of(target, store_dir=STORE_DIR):
+    return None if target is None else StorePath.parse(target, store_dir)
+
+
+def _make_dirs(path):
+    if not os.path.isdir(path):
+        os.makedirs(path, 0o755)
+
+
+def _replace_link(target, link):
+    """Point ``link`` at ``target`` atomically (a temporary link renamed over it)."""
+    temporary = '%s.tmp-%d' % (link, os.getpid())
+    if os.path.lexists(temporary):
+        os.unlink(temporary)
+    os.symlink(target, temporary)
+    os.rename(temporary, link)
