@@ -36,6 +36,15 @@ options:
     type: list
     elements: str
     required: true
+  receipt:
+    description:
+      - Write a JSON receipt for each path of O(paths) to
+        C(ROOT/nix/var/nixcache/receipts/<hash>-<name>.json) listing every path of its closure
+        with C(nar_hash), C(nar_size), C(references), C(signatures), C(deriver), the C(cache) it
+        came from and when it was registered; usable as SBOM input and to tell what is on an
+        image. Rewritten only when the closure changes. Needs O(register).
+    type: bool
+    default: true
   root:
     description:
       - Alternate root directory. The store goes to C(ROOT/nix/store) and the database to
@@ -162,6 +171,12 @@ unpacked_mb:
   description: RV(unpacked_bytes) in MiB.
   returned: always
   type: float
+receipts:
+  description: Receipt files written or updated by this run (see O(receipt)).
+  returned: always
+  type: list
+  elements: str
+  sample: [/nix/var/nixcache/receipts/0c4v0gqhb1gs2xp0fqgy6bbg6pdvvb2h-postgresql-and-plugins-15.8.json]
 seconds:
   description: Wall-clock time the module spent.
   returned: always
@@ -179,6 +194,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
 from ansible_collections.nixcache.closure.plugins.module_utils import s3
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
+from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
 
@@ -189,6 +205,7 @@ def main():
             root=dict(type='path', default='/'),
             jobs=dict(type='int', default=4),
             register=dict(type='bool', default=True),
+            receipt=dict(type='bool', default=True),
         ),
         supports_check_mode=True,
     )
@@ -203,6 +220,12 @@ def main():
             realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
                                 jobs=params['jobs'], register=params['register'])
             result = realiser.realise(requested, check_mode=module.check_mode)
+            result['receipts'] = []
+            if params['receipt'] and params['register'] and not module.check_mode:
+                sources = dict((entry['path'], entry['cache']) for entry in result['closure']
+                               if entry['state'] == 'fetched')
+                result['receipts'] = write_receipts(store, requested, sources, root=params['root'])
+                result['changed'] = result['changed'] or bool(result['receipts'])
     except NixCacheError as error:
         module.fail_json(**failure(error))
     module.exit_json(**result)

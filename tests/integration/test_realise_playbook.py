@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from ansible_collections.nixcache.closure.plugins.module_utils.hashes import parse_hash
 from nixtest import nix
 from nixtest.ansible import run_playbook
 from nixtest.postgres import run_postgres_smoke
@@ -60,9 +61,22 @@ def test_realises_small_closure_from_file_cache(compression, caches, small_closu
                for entry in realised['closure'])
     assert_matches_cache(alt_root, small_closure)
 
+    receipt_file = alt_root / 'nix/var/nixcache/receipts' / (os.path.basename(small_closure.top) + '.json')
+    assert realised['receipts'] == [str(receipt_file)]
+    receipt = json.loads(receipt_file.read_text())
+    assert receipt['requested'] == small_closure.top and receipt['paths'] == len(small_closure.paths)
+    assert receipt['nar_bytes'] == small_closure.nar_size
+    for entry in receipt['closure']:
+        expected = small_closure.infos[entry['path']]
+        assert parse_hash(entry['nar_hash']) == parse_hash(expected['narHash'])
+        assert sorted(entry['references']) == sorted(expected['references'])
+        assert entry['cache'] == cache.url and entry['signatures']
+    written = receipt_file.stat().st_mtime_ns
+
     again, second = realise([small_closure.top], alt_root, [cache.url], [cache.public_key])
     again.assert_ok()
-    assert second['changed'] is False
+    assert second['changed'] is False and second['receipts'] == []
+    assert receipt_file.stat().st_mtime_ns == written
     assert second['fetched'] == []
     assert sorted(entry['path'] for entry in second['closure']) == sorted(small_closure.paths)
     assert all(entry['state'] == 'valid' for entry in second['closure'])

@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Receipts: what a realised closure put on a host, as JSON, for SBOMs and audits.
+
+One file per requested store path, ``ROOT/nix/var/nixcache/receipts/<hash>-<name>.json``,
+listing every path of its closure with NarHash, NarSize, references, signatures and the
+cache it came from.  The facts come from the Nix database once the paths are valid; the
+source cache of a path fetched by an earlier run is kept from the earlier receipt.  A
+receipt is rewritten only when the closure or a source changes, so re-runs leave it be.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+RECEIPTS_DIR = '/nix/var/nixcache/receipts'
+FORMAT = 1
+
+
+def receipt_path(root, store_path):
+    directory = RECEIPTS_DIR if root in ('', '/') else os.path.join(root, RECEIPTS_DIR.lstrip('/'))
+    return os.path.join(directory, store_path.base + '.json')
+
+
+def build_receipt(store, requested, sources, previous=None):
+    """The receipt of ``requested`` (a valid StorePath); ``sources`` maps path text to cache."""
+    old_entries = dict((entry['path'], entry) for entry in (previous or {}).get('closure', []))
+    entries = []
+    for path in sorted(store.closure([requested])):
+        info = store.path_info(path)
+        text = str(path)
+        entries.append(dict(
+            path=text,
+            nar_hash=info['nar_hash'],
+            nar_size=info['nar_size'],
+            references=[str(ref) for ref in info['references']],
+            signatures=info['sigs'],
+            deriver=info['deriver'],
+            cache=sources.get(text) or old_entries.get(text, {}).get('cache'),
+            registered_at=_iso(info['registration_time']),
+        ))
+    return dict(format=FORMAT, requested=str(requested), closure=entries,
+                paths=len(entries), nar_bytes=sum(entry['nar_size'] or 0 for entry in entries),
+                written_at=(previous or {}).get('written_at') or _iso(time.time()))
+
+
+def write_receipts(store, requested_paths, sources, root='/', check_mode=False):
+    """Write (or leave) the receipt of every requested path; returns the changed files."""
+    changed = []
+    for requested in requested_paths:
+        path = receipt_path(root, requested)
+        previous = _load(path)
+        receipt = build_receipt(store, requested, sources, previous)
+        if previous is not None and _same(previous, receipt):
+            continue
+        changed.append(path)
+        if not check_mode:
+            _write_atomically(path, receipt)
+    return changed
+
+
+def _same(old, new):
+    ignore = ('written_at',)
+    return (dict((k, v) for k, v in old.items() if k not in ignore)
+            == dict((k, v) for k, v in new.items() if k not in ignore))
+
+
+def _load(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (IOError, OSError, ValueError):
+        return None
+
+
+def _write_atomically(path, receipt):
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix='.receipt-')
+    try:
+        with os.fdopen(handle, 'w') as stream:
+            json.dump(receipt, stream, indent=2, sort_keys=True)
+            stream.write('\n')
+        os.chmod(temporary, 0o644)
+        os.rename(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _iso(seconds):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds)) if seconds else None
