@@ -1,0 +1,66 @@
+"""``nixcache.closure.link_tree``: per-entry links through a profile, idempotent, pruned."""
+import json
+import os
+
+from nixtest.ansible import run_playbook
+
+PLAY = '''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Mirror
+      nixcache.closure.link_tree: {{ args }}
+      register: mirrored
+'''
+
+
+def mirror(**args):
+    result = run_playbook(PLAY.replace('{{ args }}', json.dumps(args)))
+    return result, result.registered('mirrored')
+
+
+def test_links_follow_the_profile_and_stale_ones_go(alt_root):
+    profile_target = alt_root / 'nix/store/env-a'
+    (profile_target / 'bin').mkdir(parents=True)
+    (profile_target / 'share/ext').mkdir(parents=True)
+    for name in ('psql', 'pg_ctl', 'pg_config'):
+        (profile_target / 'bin' / name).write_text('#!/bin/sh\n')
+    for name in ('a.control', 'b.sql'):
+        (profile_target / 'share/ext' / name).write_text('x')
+    (profile_target / 'share/README').write_text('x')
+    (alt_root / 'home').mkdir()
+    os.symlink('/nix/store/env-a', str(alt_root / 'home/.profile'))  # absolute, inside the root
+    (alt_root / 'usr/bin').mkdir(parents=True)
+    (alt_root / 'usr/bin/pg_config').write_text('left by a package')
+    (alt_root / 'usr/bin/other').write_text('not ours')
+
+    common = dict(root=str(alt_root))
+    result, first = mirror(source='/home/.profile/bin', dest='/usr/bin', replace=['pg_config'], **common)
+    result.assert_ok()
+    assert sorted(first['created']) == ['/usr/bin/pg_config', '/usr/bin/pg_ctl', '/usr/bin/psql']
+    assert os.readlink(str(alt_root / 'usr/bin/psql')) == '/home/.profile/bin/psql'
+    assert (alt_root / 'usr/bin/other').read_text() == 'not ours'
+
+    result, share = mirror(source='/home/.profile/share', dest='/usr/lib/pg/share',
+                           directories=['ext'], **common)
+    result.assert_ok()
+    assert os.path.isdir(str(alt_root / 'usr/lib/pg/share/ext'))
+    assert not os.path.islink(str(alt_root / 'usr/lib/pg/share/ext'))
+    assert os.readlink(str(alt_root / 'usr/lib/pg/share/ext/a.control')) == '/home/.profile/share/ext/a.control'
+
+    result, again = mirror(source='/home/.profile/bin', dest='/usr/bin', replace=['pg_config'], **common)
+    assert again['changed'] is False
+
+    (profile_target / 'bin/pg_ctl').unlink()   # a build without that tool
+    result, pruned = mirror(source='/home/.profile/bin', dest='/usr/bin', **common)
+    assert pruned['removed'] == ['/usr/bin/pg_ctl'] and not os.path.lexists(str(alt_root / 'usr/bin/pg_ctl'))
+
+
+def test_a_foreign_file_is_never_replaced(alt_root):
+    (alt_root / 'src').mkdir()
+    (alt_root / 'src/tool').write_text('x')
+    (alt_root / 'dest').mkdir()
+    (alt_root / 'dest/tool').write_text('precious')
+    result, refused = mirror(source='/src', dest='/dest', root=str(alt_root))
+    result.assert_failed()
+    assert 'replace' in refused['msg'] and (alt_root / 'dest/tool').read_text() == 'precious'
