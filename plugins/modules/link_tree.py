@@ -15,7 +15,7 @@ description:
     (one level deeper), as a Postgres C(share/postgresql/extension) directory expects.
   - Links in O(dest) that point into O(source) but whose entry is gone are removed, so a switch to
     a build without some tool leaves no dangling links.
-  - Idempotent and fast: one task for hundreds of links. Never follows or changes ownership of
+  - Idempotent and fast, one task for hundreds of links. Never follows or changes ownership of
     anything inside the Nix store.
 author:
   - nixcache.closure maintainers (@nixcache)
