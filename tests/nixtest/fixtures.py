@@ -161,6 +161,15 @@ def pg_closure(variant='a'):
                      receipt['postgresql']['version'], receipt['postgresql']['major'], variant)
 
 
+def nix_closure():
+    """Build ``tests/fixtures/nix.nix``: Nix itself (``nix-2.8.N``, with ``nix-libs``
+    and ``glibc-runtime``), runnable from any root without the machine's Nix."""
+    nix.require()
+    top = nix.build('nix.nix')[0]
+    paths, infos = _closure_of(top)
+    return Closure('nix', top, paths, infos)
+
+
 def _stamp_for(compression, key, closures):
     paths = {}
     for c in closures:
