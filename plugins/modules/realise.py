@@ -33,6 +33,8 @@ options:
     description:
       - Store paths to realise, for example C(/nix/store/<hash>-postgresql-and-plugins-15.8).
         Their whole closure is realised.
+      - An empty list only prepares the store (C(ROOT/nix/store), the database and the
+        C(gcroots), C(profiles) and C(temproots) directories), as a first Nix run would.
     type: list
     elements: str
     required: true
@@ -183,6 +185,8 @@ seconds:
   type: float
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.nixcache.closure.plugins.module_utils.common import (
@@ -195,6 +199,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils import s3
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
+from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
 
@@ -212,14 +217,20 @@ def main():
     params = module.params
     try:
         requested = parse_store_paths(params['paths'])
-        caches, trusted_keys = caches_from_options(params, root=params['root'])
+        if requested:
+            caches, trusted_keys = caches_from_options(params, root=params['root'])
+        else:  # only prepare the store
+            caches, trusted_keys = [], TrustedKeys()
         if any(cache.url.startswith('s3:') for cache in caches) and not s3.HAS_BOTO3:
             module.fail_json(msg=missing_required_lib('boto3', reason='for s3:// caches'),
                              exception=s3.BOTO3_IMPORT_ERROR)
-        with LocalStore(root=params['root'], create=not module.check_mode) as store:
+        store = LocalStore(root=params['root'], create=not module.check_mode)
+        store_is_new = not os.path.exists(store.db_path)
+        with store:
             realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
                                 jobs=params['jobs'], register=params['register'])
             result = realiser.realise(requested, check_mode=module.check_mode)
+            result['changed'] = result['changed'] or store_is_new
             result['receipts'] = []
             if params['receipt'] and params['register'] and not module.check_mode:
                 sources = dict((entry['path'], entry['cache']) for entry in result['closure']
