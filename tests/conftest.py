@@ -20,6 +20,10 @@ http_cache_server      session  CacheServer on 127.0.0.1 serving ``caches.root``
 http_cache             function the same server with faults and request log cleared;
                                 ``http_cache.url_for('xz')`` is the xz cache
 sshd_target            session  Sshd on 127.0.0.1; ``.inventory(name, **hostvars)``
+target_host            session  TargetHost: a fresh debootstrap'd Debian bookworm root
+                                with its own sshd on 127.0.0.1 (a fresh EC2 instance);
+                                ``.inventory(name='target')``, ``.run(cmd)``, ``.path(p)``;
+                                shared by the session: tests may change it
 alt_root               function a fresh directory to use as an alternate store root
 =====================  =======  ==========================================================
 """
@@ -32,6 +36,7 @@ import pytest
 from nixtest import fixtures, nix
 from nixtest.http import CacheServer
 from nixtest.sshd import SSHD, Sshd
+from nixtest.target import TargetHost
 
 _TIMINGS = {}
 
@@ -113,6 +118,18 @@ def sshd_target():
                     pytrace=False)
     with Sshd() as server:
         yield server
+
+
+@pytest.fixture(scope='session')
+def target_host(tmp_path_factory):
+    if not os.path.exists('/usr/sbin/debootstrap'):
+        pytest.fail('debootstrap is missing: run `make deps`', pytrace=False)
+    root = tmp_path_factory.mktemp('target-host') / 'root'
+    target = _timed('target_host', TargetHost(root).start)
+    try:
+        yield target
+    finally:
+        target.stop()
 
 
 @pytest.fixture
