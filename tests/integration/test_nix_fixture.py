@@ -159,8 +159,8 @@ def test_realised_nix_verifies_its_own_store(nix_closure, realised):
     assert nix.verify_store(root) == []
 
 
-def test_realised_nix_manages_its_store_where_there_is_no_other_nix(nix_closure, realised,
-                                                                   tmp_path):
+def test_realised_nix_manages_its_store_where_there_is_no_other_nix(
+        nix_closure, realised, tmp_path):
     """Inside the namespace /nix is the realised root: loader, libraries and Nix are the
     files our library wrote, and the machine's store is out of reach."""
     top = nix_closure.top

@@ -230,8 +230,8 @@ class TargetHost:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise TargetError('sshd exited with %s:\n%s' % (self.process.returncode,
-                                                                  self.log()))
+                raise TargetError('sshd exited with %s:\n%s'
+                                  % (self.process.returncode, self.log()))
             if self.sshd_pid is None:
                 self.sshd_pid = _child_of(self.process.pid)
             try:
