@@ -79,32 +79,26 @@ _raw:
 
 import time
 
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
-from ansible_collections.nixcache.closure.plugins.module_utils.common import (
-    cache_options_of,
-    caches_from_options,
-    parse_store_paths,
-)
+from ansible_collections.nixcache.closure.plugins.module_utils.common import parse_store_paths
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import verify_narinfo
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import DEFAULT_PRIORITY
+from ansible_collections.nixcache.closure.plugins.plugin_utils.cache_lookup import (
+    CacheLookupBase,
+    lookup_errors,
+)
 
 
-class LookupModule(LookupBase):
+class LookupModule(CacheLookupBase):
 
     def run(self, terms, variables=None, **kwargs):
-        self.set_options(var_options=variables, direct=kwargs)
-        options = cache_options_of(self)
+        options = self.cache_options(variables, kwargs)
         if terms:
             options['substituters'] = list(terms)
-        try:
-            caches, trusted_keys = caches_from_options(options, probe=False)
+        with lookup_errors():
+            caches, trusted_keys = self.caches(options, probe=False)
             paths = parse_store_paths(self.get_option('paths'))
-        except NixCacheError as error:
-            raise AnsibleLookupError(str(error))
         return [probe(cache, paths, trusted_keys) for cache in caches]
 
 

@@ -62,31 +62,24 @@ _raw:
       type: float
 '''
 
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import plan_closure
-from ansible_collections.nixcache.closure.plugins.module_utils.common import (
-    cache_options_of,
-    caches_from_options,
-    parse_store_paths,
+from ansible_collections.nixcache.closure.plugins.module_utils.common import parse_store_paths
+from ansible_collections.nixcache.closure.plugins.plugin_utils.cache_lookup import (
+    CacheLookupBase,
+    lookup_errors,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 
 MIB = 1024.0 * 1024.0
 
 
-class LookupModule(LookupBase):
+class LookupModule(CacheLookupBase):
 
     def run(self, terms, variables=None, **kwargs):
-        self.set_options(var_options=variables, direct=kwargs)
-        options = cache_options_of(self)
-        try:
-            caches, trusted_keys = caches_from_options(options)
+        options = self.cache_options(variables, kwargs)
+        with lookup_errors():
+            caches, trusted_keys = self.caches(options)
             plan = plan_closure(parse_store_paths(terms), caches, trusted_keys,
                                 require_sigs=options['require_sigs'], jobs=self.get_option('jobs'))
-        except NixCacheError as error:
-            raise AnsibleLookupError(str(error))
         paths = []
         for item in plan.to_fetch:
             entry = item.as_dict()

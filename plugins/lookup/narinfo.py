@@ -79,29 +79,19 @@ _raw:
       type: str
 '''
 
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo
-from ansible_collections.nixcache.closure.plugins.module_utils.common import (
-    cache_options_of,
-    caches_from_options,
-    parse_store_paths,
+from ansible_collections.nixcache.closure.plugins.module_utils.common import parse_store_paths
+from ansible_collections.nixcache.closure.plugins.plugin_utils.cache_lookup import (
+    CacheLookupBase,
+    lookup_errors,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 
 
-class LookupModule(LookupBase):
+class LookupModule(CacheLookupBase):
 
     def run(self, terms, variables=None, **kwargs):
-        self.set_options(var_options=variables, direct=kwargs)
-        options = cache_options_of(self)
-        try:
-            caches, trusted_keys = caches_from_options(options)
-            results = []
-            for store_path in parse_store_paths(terms):
-                found = find_narinfo(store_path, caches, trusted_keys, options['require_sigs'])
-                results.append(found.as_dict())
-            return results
-        except NixCacheError as error:
-            raise AnsibleLookupError(str(error))
+        options = self.cache_options(variables, kwargs)
+        with lookup_errors():
+            caches, trusted_keys = self.caches(options)
+            return [find_narinfo(store_path, caches, trusted_keys, options['require_sigs']).as_dict()
+                    for store_path in parse_store_paths(terms)]

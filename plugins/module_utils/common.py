@@ -63,11 +63,6 @@ def cache_argument_spec(**extra):
     return spec
 
 
-def cache_options_of(plugin):
-    """The cache options of a controller plugin (lookup), as a dict."""
-    return dict((name, plugin.get_option(name)) for name in CACHE_ARGUMENT_SPEC)
-
-
 def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
     """Substituters and trusted keys from the cache options.
 

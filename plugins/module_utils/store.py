@@ -141,9 +141,7 @@ class LocalStore(object):
         schema_file = os.path.join(self.db_dir, 'schema')
         if not os.path.exists(self.db_path) and not os.path.exists(schema_file):
             _write_file(schema_file, SCHEMA_VERSION.encode('ascii'), 0o644)
-        reserved = os.path.join(self.db_dir, 'reserved')
-        if not os.path.exists(reserved):
-            _write_file(reserved, b'\0' * RESERVED_BYTES, 0o600)
+        _reserve_space(os.path.join(self.db_dir, 'reserved'))
 
     def _check_schema(self):
         schema_file = os.path.join(self.db_dir, 'schema')
@@ -350,6 +348,23 @@ def _deriver_path(deriver, store_dir):
 
 def _join(root, absolute):
     return os.path.join(root, absolute.lstrip('/'))
+
+
+def _reserve_space(path):
+    """Nix's ``db/reserved``: space the garbage collector can free on a full disk.  Like
+    Nix, allocate it when there is room and carry on when there is not."""
+    try:
+        if os.path.getsize(path) == RESERVED_BYTES:
+            return
+    except OSError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, RESERVED_BYTES)
+    except OSError:
+        pass  # no room (or no fallocate): the store works without it
+    finally:
+        os.close(fd)
 
 
 def _write_file(path, data, mode):

@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -291,3 +292,18 @@ def test_bad_store_path_input_is_refused():
                  '/etc/passwd', '/nix/store/' + '0' * 32 + '-a/b']:
         with pytest.raises(errors.InvalidStorePath):
             StorePath.parse(text)
+
+
+def test_too_little_space_is_refused_before_anything_is_fetched(
+        caches, small_closure, nix_keys, tmp_path):
+    """A real small file system (tmpfs): the error gives both numbers; no NAR is touched."""
+    root = tmp_path / 'small-disk'
+    root.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(root)], check=True)
+    try:
+        error = attempt(root, [caches['none'].url], [nix_keys.trusted.public], [small_closure.top])
+        assert isinstance(error, errors.InsufficientSpace)
+        assert str(small_closure.nar_size) in error.expected and 'free' in error.found
+        assert nix.store_entries(str(root)) == [] and nix.valid_paths(str(root)) == set()
+    finally:
+        subprocess.run(['umount', str(root)], check=True)
