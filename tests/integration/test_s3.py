@@ -184,3 +184,19 @@ def test_module_with_aws_options_from_module_defaults(s3_server, aws_env, small_
     assert sorted(result.registered('realised')['fetched']) == sorted(small_closure.paths)
     assert 'n0t-logged' not in result.stdout + result.stderr
     assert_realised(alt_root, small_closure)
+
+
+def test_public_bucket_over_plain_http_without_credentials(s3_server, aws_env, small_closure,
+                                                           nix_keys, alt_root):
+    """How Nix users read a public bucket: https://BUCKET.s3.amazonaws.com, here path-style."""
+    from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
+        HttpSubstituter,
+    )
+    owner = boto3.session.Session(aws_access_key_id='upload', aws_secret_access_key='upload',
+                                  region_name='us-east-1').client('s3', endpoint_url='http://' + s3_server)
+    for item in owner.list_objects_v2(Bucket=BUCKET)['Contents']:   # as a public cache is set up
+        owner.put_object_acl(Bucket=BUCKET, Key=item['Key'], ACL='public-read')
+    substituter = HttpSubstituter('http://%s/%s' % (s3_server, BUCKET), options())
+    assert substituter.narinfo(StorePath.parse('/nix/store/' + '0' * 32 + '-absent')) is None
+    realise(substituter, alt_root, [nix_keys.trusted.public], [small_closure.top])
+    assert_realised(alt_root, small_closure)
