@@ -28,14 +28,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, 'tests'))
+sys.path.insert(0, REPO)  # first: the repository's conftest links the collection
 
 import conftest  # noqa: E402  (links the collection under build/collections)
 from nixtest import fixtures, nix  # noqa: E402
 from nixtest.http import CacheServer  # noqa: E402
 
-BENCH_DIR = os.path.join(conftest.REPO, "build", "bench")
+BENCH_DIR = os.path.join(conftest.REPO, 'build', 'bench')
 SOURCES = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/bin', '/usr/lib/jvm',
            '/usr/lib/gcc', '/usr/libexec', '/usr/lib']
 MIB = 1024.0 * 1024.0

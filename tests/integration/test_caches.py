@@ -1,6 +1,8 @@
 """Caches as users run them: private HTTP caches, nix.conf defaults, priorities, flaky
 servers beside healthy ones.  Each realised root is judged by real Nix."""
 import os
+import ssl
+import subprocess
 
 import pytest
 
@@ -11,6 +13,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.store import Loca
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
 from nixtest.ansible import run_playbook
+from nixtest.http import CacheServer
 
 
 def realise(root, paths, **options):
@@ -215,4 +218,50 @@ def test_nothing_is_cached_negatively(caches, small_closure, alt_root, tmp_path)
     os.rename(str(hidden), str(view / top_info))
     realise(alt_root, [small_closure.top], substituters=[url],
             trusted_public_keys=[caches['xz'].public_key])
+    assert_realised(alt_root, small_closure)
+
+
+# TLS: a private CA and client certificates
+
+def openssl(*args):
+    subprocess.run(['openssl'] + list(args), check=True, capture_output=True)
+
+
+@pytest.fixture(scope='module')
+def pki(tmp_path_factory):
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
+    d = tmp_path_factory.mktemp('pki')
+    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=test CA',
+            '-keyout', str(d / 'ca.key'), '-out', str(d / 'ca.pem'))
+    (d / 'server.ext').write_text('subjectAltName = IP:127.0.0.1\n')
+    for name, extra in (('server', ['-extfile', str(d / 'server.ext')]), ('client', [])):
+        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=%s' % name,
+                '-keyout', str(d / (name + '.key')), '-out', str(d / (name + '.csr')))
+        openssl('x509', '-req', '-in', str(d / (name + '.csr')), '-CA', str(d / 'ca.pem'),
+                '-CAkey', str(d / 'ca.key'), '-CAcreateserial', '-days', '2',
+                '-out', str(d / (name + '.pem')), *extra)
+    return d
+
+
+@pytest.fixture(scope='module')
+def tls_cache(caches, pki):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki / 'server.pem'), str(pki / 'server.key'))
+    context.load_verify_locations(str(pki / 'ca.pem'))
+    context.verify_mode = ssl.CERT_REQUIRED   # clients must show a certificate of our CA
+    with CacheServer(caches.root, tls=context) as server:
+        yield server
+
+
+def test_private_ca_and_client_certificate(tls_cache, pki, caches, small_closure, alt_root):
+    url, key = tls_cache.url_for('xz'), caches['xz'].public_key
+    untrusted = failure(alt_root, [small_closure.top], substituters=[url], trusted_public_keys=[key],
+                        retries=0)
+    assert 'CERTIFICATE_VERIFY_FAILED' in str(untrusted) and untrusted.cache == url
+    no_client_cert = failure(alt_root, [small_closure.top], substituters=[url],
+                             trusted_public_keys=[key], retries=0, ca_path=str(pki / 'ca.pem'))
+    assert no_client_cert.cache == url and 'stopped answering' in str(no_client_cert)
+    realise(alt_root, [small_closure.top], substituters=[url], trusted_public_keys=[key],
+            ca_path=str(pki / 'ca.pem'), client_cert=str(pki / 'client.pem'),
+            client_key=str(pki / 'client.key'))
     assert_realised(alt_root, small_closure)

@@ -236,8 +236,10 @@ def _content_type(filename):
 class CacheServer:
     """Serve ``directory`` on 127.0.0.1 (a free port) until stopped."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, tls=None):
+        """``tls``: an ssl.SSLContext (server side) to serve HTTPS instead of HTTP."""
         self.directory = os.path.realpath(str(directory))
+        self.tls = tls
         self._lock = threading.Lock()
         self._faults = []
         self._requests = []
@@ -250,6 +252,9 @@ class CacheServer:
     # lifecycle
     def start(self):
         self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+        if self.tls is not None:
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._httpd.daemon_threads = True
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever,
@@ -276,7 +281,7 @@ class CacheServer:
 
     @property
     def url(self):
-        return 'http://127.0.0.1:%d' % self.port
+        return '%s://127.0.0.1:%d' % ('https' if self.tls is not None else 'http', self.port)
 
     def url_for(self, relative):
         """URL of a file or subdirectory of the served directory, e.g. ``url_for('xz')``."""
