@@ -14,9 +14,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
-# from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer.
+# from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
+# openssl for the TLS cache's certificates, git for the sanity copy.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd xz-utils bzip2 sqlite3 \
-	debootstrap packer python3-venv
+	debootstrap packer python3-venv openssl git ca-certificates
 
 .PHONY: help deps venv unit integration sanity lint test demo bench clean distclean
 

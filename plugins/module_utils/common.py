@@ -19,6 +19,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.nixconf import (
     read_nix_conf,
     setting_list,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import (
     STORE_DIR,
@@ -84,12 +85,14 @@ def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
         raise CacheUnavailable('no substituters given: set the substituters option '
                                '(for example https://cache.example.org or file:///var/cache/nix) '
                                'or substituters in %s' % NIX_CONF)
+    if options.get('netrc_file') and not os.path.isfile(under_root(root, options['netrc_file'])):
+        raise CacheUnavailable('the netrc_file %s does not exist' % options['netrc_file'])
     netrc_file = options.get('netrc_file') or settings.get('netrc-file') or DEFAULT_NETRC
     http = dict(url_username=options.get('url_username'), url_password=options.get('url_password'),
                 bearer_token=options.get('bearer_token'), client_cert=options.get('client_cert'),
                 client_key=options.get('client_key'), ca_path=options.get('ca_path'),
                 use_proxy=options.get('use_proxy', True),
-                netrc_file=_under_root(root, netrc_file))
+                netrc_file=under_root(root, netrc_file))
     aws = dict(profile=options.get('aws_profile'), region=options.get('aws_region'),
                endpoint_url=options.get('endpoint_url'), access_key=options.get('access_key'),
                secret_key=options.get('secret_key'), session_token=options.get('session_token'))
@@ -123,12 +126,6 @@ def probe_caches(caches, store_dir=STORE_DIR, by_priority=False):
         caches = sorted(caches, key=lambda cache: cache.priority() if not cache.unavailable
                         else DEFAULT_PRIORITY)
     return caches
-
-
-def _under_root(root, path):
-    if not root or root == '/' or not os.path.isabs(path):
-        return path
-    return os.path.join(root, path.lstrip('/'))
 
 
 def parse_store_paths(texts, store_dir=STORE_DIR):

@@ -11,6 +11,7 @@ one, a later assignment replaces an earlier one, and ``extra-NAME`` appends to N
 import os
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidNixConf
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 
 NIX_CONF = '/etc/nix/nix.conf'
 # old names Nix still accepts for the settings we read
@@ -27,7 +28,7 @@ def read_nix_conf(path=NIX_CONF, root='/'):
     Returns ``{}`` when the file does not exist.  Includes are resolved under ``root`` too.
     """
     settings = {}
-    real_path = _under_root(root, path)
+    real_path = under_root(root, path)
     if os.path.exists(real_path):
         _apply_file(real_path, root, settings, depth=0)
     return settings
@@ -75,9 +76,5 @@ def _assign(settings, name, value):
 
 def _resolve_include(target, including_file, root):
     if os.path.isabs(target):
-        return _under_root(root, target)
+        return under_root(root, target)
     return os.path.normpath(os.path.join(os.path.dirname(including_file), target))
-
-
-def _under_root(root, path):
-    return os.path.join(root, path.lstrip('/')) if root not in ('', '/') else path

@@ -16,18 +16,12 @@ import os
 import re
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
 
 PROFILES_DIR = '/nix/var/nix/profiles'
 GCROOTS_DIR = '/nix/var/nix/gcroots'
 NAME_RE = re.compile(r'\A[A-Za-z0-9+._?=-]+\Z')
-
-
-def under_root(root, path):
-    """The real location of ``path`` (absolute, as seen on the host) below ``root``."""
-    if not root or root == '/':
-        return path
-    return os.path.join(root, path.lstrip('/'))
 
 
 class Profile(object):
@@ -95,8 +89,8 @@ class Profile(object):
             self.delete_old(keep)
         return number
 
-    def rollback(self):
-        """Switch to the newest generation older than the current one; its number."""
+    def previous_generation(self):
+        """The newest generation older than the current one (what a rollback switches to)."""
         current = self.current()
         if current is None:
             raise StoreError('the profile does not exist: nothing to roll back', path=self.path)
@@ -104,8 +98,13 @@ class Profile(object):
         if not older:
             raise StoreError('no generation older than the current one (%d) to roll back to'
                              % current, path=self.path)
-        _replace_link(self.generation_link(max(older)), self.real_path)
         return max(older)
+
+    def rollback(self):
+        """Switch to the previous generation; its number."""
+        number = self.previous_generation()
+        _replace_link(self.generation_link(number), self.real_path)
+        return number
 
     def delete_old(self, keep):
         """Delete generations older than the current one except the ``keep`` newest."""

@@ -115,7 +115,7 @@ class Realiser(object):
                         raise
                 plan.use(committed)
                 if self.register:
-                    self.store.register([item_info(item) for item in plan.to_fetch
+                    self.store.register([item.narinfo for item in plan.to_fetch
                                          if item.store_path in downloaded])
             except BaseException:
                 self._keep_closed_subset(committed)
@@ -197,7 +197,7 @@ class Realiser(object):
                     changed = True
         try:
             if self.register and keep:
-                self.store.register([item_info(item) for item in committed if item.store_path in keep])
+                self.store.register([item.narinfo for item in committed if item.store_path in keep])
         except NixCacheError:
             keep = set()
         for path in set(done) - keep:
@@ -246,8 +246,3 @@ class Realiser(object):
             entries.append(dict(path=str(path), nar_size=info['nar_size'], download_size=0,
                                 cache=None, state='valid', signed_by=None))
         return entries
-
-
-def item_info(item):
-    """What the store registers for a fetched path (a NarInfo has every field it needs)."""
-    return item.narinfo

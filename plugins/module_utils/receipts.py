@@ -15,13 +15,14 @@ import os
 import tempfile
 import time
 
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
+
 RECEIPTS_DIR = '/nix/var/nixcache/receipts'
 FORMAT = 1
 
 
 def receipt_path(root, store_path):
-    directory = RECEIPTS_DIR if root in ('', '/') else os.path.join(root, RECEIPTS_DIR.lstrip('/'))
-    return os.path.join(directory, store_path.base + '.json')
+    return os.path.join(under_root(root, RECEIPTS_DIR), store_path.base + '.json')
 
 
 def build_receipt(store, requested, sources, previous=None):

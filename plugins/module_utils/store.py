@@ -26,6 +26,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     parse_hash,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.nar import remove_tree
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import (
     STORE_DIR,
     StorePath,
@@ -87,8 +88,8 @@ class LocalStore(object):
         self.root = root
         self.store_dir = store_dir
         self.create = create
-        self.real_store_dir = _join(root, store_dir)
-        self.state_dir = _join(root, '/nix/var/nix')
+        self.real_store_dir = under_root(root, store_dir)
+        self.state_dir = under_root(root, '/nix/var/nix')
         self.db_dir = os.path.join(self.state_dir, 'db')
         self.db_path = os.path.join(self.db_dir, 'db.sqlite')
         self._db = None
@@ -344,10 +345,6 @@ def _deriver_path(deriver, store_dir):
     if not deriver:
         return None
     return deriver if deriver.startswith('/') else '%s/%s' % (store_dir, deriver)
-
-
-def _join(root, absolute):
-    return os.path.join(root, absolute.lstrip('/'))
 
 
 def _reserve_space(path):

@@ -92,13 +92,15 @@ removed:
   elements: str
 '''
 
-import grp
 import os
-import pwd
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.profiles import under_root
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
+    group_id,
+    under_root,
+    user_entry,
+)
 
 
 class Mirror(object):
@@ -107,8 +109,7 @@ class Mirror(object):
         self.module = module
         self.root = params['root']
         self.replace = set(params['replace'])
-        self.uid = _uid(self.root, params['owner'])
-        self.gid = _gid(self.root, params['group'])
+        self.uid, self.gid = _owner_ids(self.root, params['owner'], params['group'])
         self.created, self.removed = [], []
 
     def real(self, path):
@@ -190,32 +191,11 @@ class Mirror(object):
                       -1 if self.gid is None else self.gid)
 
 
-def _uid(root, owner):
-    if owner is None:
-        return None
-    return int(owner) if owner.isdigit() else _lookup(root, '/etc/passwd', owner)
-
-
-def _gid(root, group):
-    if group is None:
-        return None
-    return int(group) if group.isdigit() else _lookup(root, '/etc/group', group)
-
-
-def _lookup(root, table, name):
-    """The id of ``name`` in ROOT's passwd or group file."""
-    if root in ('', '/'):
-        try:
-            return (pwd.getpwnam(name).pw_uid if table == '/etc/passwd'
-                    else grp.getgrnam(name).gr_gid)
-        except KeyError:
-            pass
-    with open(under_root(root, table)) as handle:
-        for line in handle:
-            fields = line.split(':')
-            if len(fields) > 2 and fields[0] == name:
-                return int(fields[2])
-    raise KeyError('%s not found in %s' % (name, table))
+def _owner_ids(root, owner, group):
+    """(uid or None, gid or None) from names or numbers, as the system under ``root`` has them."""
+    uid = None if owner is None else int(owner) if owner.isdigit() else user_entry(root, owner)[0]
+    gid = None if group is None else int(group) if group.isdigit() else group_id(root, group)
+    return uid, gid
 
 
 def main():

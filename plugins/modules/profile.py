@@ -137,20 +137,10 @@ from ansible_collections.nixcache.closure.plugins.module_utils.profiles import (
     PROFILES_DIR,
     Profile,
     store_path_of,
-    under_root,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root, user_entry
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-
-
-def passwd_entry(root, user):
-    """(uid, gid, home) of ``user`` from ROOT/etc/passwd."""
-    with open(under_root(root, '/etc/passwd')) as handle:
-        for line in handle:
-            fields = line.rstrip('\n').split(':')
-            if len(fields) >= 7 and fields[0] == user:
-                return int(fields[2]), int(fields[3]), fields[5]
-    raise StoreError('no user %s in %s' % (user, under_root(root, '/etc/passwd')))
 
 
 def closure_diff(store, before, after):
@@ -183,7 +173,10 @@ def main():
     params = module.params
     root, state = params['root'], params['state']
     try:
-        owner = passwd_entry(root, params['user']) if params['user'] else None
+        try:
+            owner = user_entry(root, params['user']) if params['user'] else None
+        except KeyError as error:
+            raise StoreError('unknown user: %s' % error.args[0])
         if params['profile']:
             profile_path = params['profile']
         elif params['user']:
@@ -209,12 +202,7 @@ def apply(module, profile, store, state, params, link, owner):
                              path=str(wanted_path))
         wanted = str(wanted_path)
     elif state == 'rollback':
-        current = profile.current()
-        older = [n for n in profile.generations() if current is not None and n < current]
-        if not older:
-            raise StoreError('no generation older than the current one to roll back to',
-                             path=profile.path)
-        wanted = profile.generations()[max(older)]
+        wanted = profile.generations()[profile.previous_generation()]
     else:
         wanted = None
 
@@ -254,10 +242,8 @@ def apply(module, profile, store, state, params, link, owner):
 
     generations = profile.generations()
     result = dict(changed=changed, profile=profile.path, target=wanted, previous=previous,
-                  generation=profile.current() if not module.check_mode else None,
+                  generation=profile.current(),
                   generations=[dict(number=n, path=generations[n]) for n in sorted(generations)])
-    if module.check_mode:
-        result['generation'] = profile.current()
     if wanted != previous:
         result['closure_diff'] = closure_diff(store, store_path_of(previous),
                                               store_path_of(wanted))

@@ -48,8 +48,8 @@ def test_basic_auth(http_cache, caches, small_closure, alt_root):
     refused = failure(alt_root, [small_closure.top], substituters=[url], trusted_public_keys=[key])
     assert 'HTTP 401' in str(refused) and 'no credentials' in str(refused) and url in str(refused)
     wrong = failure(alt_root, [small_closure.top], substituters=[url], trusted_public_keys=[key],
-                    url_username='nix', url_password='wrong')
-    assert 'basic auth as user nix' in str(wrong) and 'wrong' not in str(wrong).replace('/wrong', '')
+                    url_username='nix', url_password='n0t-the-password')
+    assert 'basic auth as user nix' in str(wrong) and 'n0t-the-password' not in str(wrong)
     realise(alt_root, [small_closure.top], substituters=[url], trusted_public_keys=[key],
             url_username='nix', url_password='s3cret')
     assert_realised(alt_root, small_closure)
@@ -265,3 +265,9 @@ def test_private_ca_and_client_certificate(tls_cache, pki, caches, small_closure
             ca_path=str(pki / 'ca.pem'), client_cert=str(pki / 'client.pem'),
             client_key=str(pki / 'client.key'))
     assert_realised(alt_root, small_closure)
+
+
+def test_a_netrc_file_that_is_not_there_is_named(http_cache, caches, small_closure, alt_root):
+    error = failure(alt_root, [small_closure.top], substituters=[http_cache.url_for('xz')],
+                    trusted_public_keys=[caches['xz'].public_key], netrc_file='/etc/nix/no-netrc')
+    assert '/etc/nix/no-netrc' in str(error) and nix.store_entries(str(alt_root)) == []

@@ -1,0 +1,41 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The file system of an alternate root (``root:``): where its paths really are, and the
+users and groups its ``/etc/passwd`` and ``/etc/group`` define."""
+
+import grp
+import os
+import pwd
+
+
+def under_root(root, path):
+    """Where the absolute ``path`` of the system under ``root`` lies on this host."""
+    if not root or root == '/' or not os.path.isabs(path):
+        return path
+    return os.path.join(root, path.lstrip('/'))
+
+
+def user_entry(root, name):
+    """(uid, gid, home) of user ``name`` of the system under ``root``; KeyError if unknown."""
+    if not root or root == '/':
+        entry = pwd.getpwnam(name)
+        return entry.pw_uid, entry.pw_gid, entry.pw_dir
+    fields = _entry(root, '/etc/passwd', name)
+    return int(fields[2]), int(fields[3]), fields[5]
+
+
+def group_id(root, name):
+    """The gid of group ``name`` of the system under ``root``; KeyError if unknown."""
+    if not root or root == '/':
+        return grp.getgrnam(name).gr_gid
+    return int(_entry(root, '/etc/group', name)[2])
+
+
+def _entry(root, table, name):
+    with open(under_root(root, table)) as handle:
+        for line in handle:
+            fields = line.rstrip('\n').split(':')
+            if len(fields) > 3 and fields[0] == name:
+                return fields
+    raise KeyError('%s is not in %s' % (name, under_root(root, table)))
