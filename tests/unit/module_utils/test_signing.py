@@ -32,17 +32,28 @@ RFC8032 = [
      'af82',
      '6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a'),
 ]
-BACKEND_IDS = [backend.name for backend in BACKENDS]
+# Every backend, each skipped where its optional library is not installed.
+ALL_BACKENDS = [
+    pytest.param(signing.CryptographyBackend, id='cryptography', marks=pytest.mark.skipif(
+        not signing.HAS_CRYPTOGRAPHY, reason='needs the cryptography package')),
+    pytest.param(signing.NaclBackend, id='nacl', marks=pytest.mark.skipif(
+        not signing.HAS_NACL, reason='needs the PyNaCl package')),
+    pytest.param(signing.PurePythonBackend, id='python'),
+]
 unhex = binascii.unhexlify
 
 
-def test_all_backends_are_here_when_their_libraries_are():
-    # The test environment installs both optional libraries; the fallback is always there.
-    assert BACKEND_IDS == ['cryptography', 'nacl', 'python']
-    assert signing.BACKEND is signing.CryptographyBackend
+def test_backends_are_those_whose_libraries_import_in_order_of_speed():
+    expected = [name for name, present in (('cryptography', signing.HAS_CRYPTOGRAPHY),
+                                           ('nacl', signing.HAS_NACL), ('python', True))
+                if present]
+    assert [backend.name for backend in BACKENDS] == expected
+    assert signing.BACKEND is BACKENDS[0]
+    # The pure-Python fallback is always there, last.
+    assert BACKENDS[-1] is signing.PurePythonBackend
 
 
-@pytest.mark.parametrize('backend', BACKENDS, ids=BACKEND_IDS)
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
 @pytest.mark.parametrize('seed, public, message, signature', RFC8032)
 def test_rfc8032_vectors(backend, seed, public, message, signature):
     assert backend.sign(unhex(seed), unhex(message)) == unhex(signature)
@@ -62,7 +73,7 @@ def spoiled_signatures(signature):
     yield bytes(64)
 
 
-@pytest.mark.parametrize('backend', BACKENDS, ids=BACKEND_IDS)
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
 def test_backends_agree_on_refusals(backend):
     seed, public, message, signature = (unhex(x) for x in RFC8032[2])
     for spoiled in spoiled_signatures(signature):
@@ -91,7 +102,7 @@ def test_nix_key_pair_parses_and_matches():
     assert str(PublicKey.parse(PUBLIC_KEY)) == PUBLIC_KEY
 
 
-@pytest.mark.parametrize('backend', BACKENDS, ids=BACKEND_IDS)
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
 def test_signature_written_by_nix_verifies(backend):
     info = NarInfo.parse(NARINFO)
     keys = TrustedKeys([OTHER_PUBLIC_KEY, PUBLIC_KEY])
