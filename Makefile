@@ -19,14 +19,20 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates
 
-.PHONY: help deps venv unit integration sanity lint test demo bench clean distclean
+.PHONY: help deps venv controllers unit integration sanity lint test demo bench clean distclean
+
+# In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
+# skipping it.
+export NIXTEST_STRICT := 1
+SANITY := bash tests/sanity/run.sh
 
 help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
 	@echo 'make venv         $(VENV) with requirements-test.txt'
-	@echo 'make unit         unit tests'
+	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
+	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
-	@echo 'make sanity       ansible-test sanity'
+	@echo 'make sanity       ansible-test sanity under the default, oldest and newest ansible-core'
 	@echo 'make lint         ansible-lint'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
@@ -70,14 +76,23 @@ $(VENV)/.installed: requirements-test.txt
 	$(VENV_BIN)/python -m pip install -q -r requirements-test.txt
 	touch $@
 
-unit: venv
-	$(PYTEST) tests/unit $(PYTEST_ARGS)
+controllers:
+	tests/make-controllers
 
-integration: venv
+# The unit tests that do not compare with real Nix run where no Nix can be reached.
+unit: venv
+	tests/without-nix $(PYTEST) tests/unit -m 'not nix' $(PYTEST_ARGS)
+	$(PYTEST) tests/unit -m nix $(PYTEST_ARGS)
+
+integration: venv controllers
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
-sanity: venv
-	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" bash tests/sanity/run.sh
+sanity: venv controllers
+	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" $(SANITY)
+	PATH="$(CURDIR)/build/controllers/oldest/bin:$$PATH" \
+	  SANITY_PYTHON="$$(build/controllers/oldest/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" $(SANITY)
+	PATH="$(CURDIR)/build/controllers/newest/bin:$$PATH" \
+	  SANITY_PYTHON="$$(build/controllers/newest/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" $(SANITY)
 
 lint: venv
 	$(VENV_BIN)/ansible-lint

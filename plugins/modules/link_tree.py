@@ -19,6 +19,9 @@ description:
     anything inside the Nix store.
 author:
   - nixcache.closure maintainers (@nixcache)
+requirements:
+  - Python 3.8 or newer on the managed host (tested on CPython 3.8 to 3.13); the standard
+    library is enough.
 options:
   source:
     description: The directory to mirror, as seen on the host (it may lead through symlinks).

@@ -17,6 +17,9 @@ description:
   - On a switch, returns the closure difference between the old and the new target.
 author:
   - nixcache.closure maintainers (@nixcache)
+requirements:
+  - Python 3.8 or newer on the managed host (tested on CPython 3.8 to 3.13); the standard
+    library is enough.
 options:
   path:
     description:

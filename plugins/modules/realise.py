@@ -22,8 +22,9 @@ description:
 author:
   - nixcache.closure maintainers (@nixcache)
 requirements:
-  - Python 3.9 or newer on the managed host; its standard library is enough for C(file://) and
-    C(http(s)://) caches compressed with C(xz), C(bzip2), C(gzip) or nothing.
+  - Python 3.8 or newer on the managed host (tested on CPython 3.8 to 3.13); its standard
+    library is enough for C(file://), C(http://) and C(https://) caches compressed with C(xz),
+    C(bzip2), C(gzip) or nothing.
   - C(boto3) for C(s3://) caches.
   - C(zstandard) (Python) or the C(zstd) program for C(zstd) caches.
 extends_documentation_fragment:

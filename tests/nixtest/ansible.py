@@ -54,8 +54,9 @@ def ansible_bin(name='ansible-playbook'):
     return found
 
 
-def ansible_env(workdir, interpreter=None, extra=None):
-    """The environment of an isolated Ansible run rooted at ``workdir``."""
+def ansible_env(workdir, interpreter=None, extra=None, bin_dir=None):
+    """The environment of an isolated Ansible run rooted at ``workdir``, with ``bin_dir``
+    (default: the running Python's) first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith('ANSIBLE_')}
     home = os.path.join(workdir, 'ansible-home')
     for sub in ('tmp', 'cp'):
@@ -76,7 +77,7 @@ def ansible_env(workdir, interpreter=None, extra=None):
         'ANSIBLE_CALLBACK_PLUGINS': CALLBACK_DIR,
         'ANSIBLE_CALLBACKS_ENABLED': 'nixtest_record',
         'NIXTEST_RESULTS_FILE': os.path.join(workdir, 'results.jsonl'),
-        'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
+        'PATH': (bin_dir or os.path.dirname(sys.executable)) + os.pathsep + os.environ.get('PATH', ''),
     })
     env.update(extra or {})
     return env
@@ -155,7 +156,7 @@ class PlaybookResult:
 
 def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=None, diff=False,
                  limit=None, tags=None, args=(), interpreter=None, verbosity=0, timeout=1800,
-                 workdir=None, keep=False):
+                 workdir=None, keep=False, ansible_playbook=None):
     """Run a playbook and return a PlaybookResult.
 
     ``playbook``: YAML text (or a list of plays, written as JSON).  ``inventory``: INI
@@ -164,7 +165,8 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
     variables (override ours).  ``interpreter``: the default Python of managed hosts
     that do not set ``ansible_python_interpreter`` (default: the running Python).
     ``workdir``: where to put the run's files (default: a new temporary directory,
-    removed after a successful run unless ``keep``).
+    removed after a successful run unless ``keep``).  ``ansible_playbook``: another
+    controller's ``ansible-playbook`` (default: the one beside the running Python).
     """
     own_workdir = workdir is None
     workdir = tempfile.mkdtemp(prefix='nixtest-ansible-') if own_workdir else str(workdir)
@@ -189,7 +191,7 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
     if os.path.exists(results_file):
         os.unlink(results_file)
 
-    command = [ansible_bin(), '-i', inventory_file, playbook_file]
+    command = [ansible_playbook or ansible_bin(), '-i', inventory_file, playbook_file]
     if extra_vars:
         vars_file = os.path.join(workdir, 'extra_vars.json')
         with open(vars_file, 'w') as f:
@@ -207,7 +209,8 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
         command.append('-' + 'v' * verbosity)
     command += list(args)
 
-    proc = subprocess.run(command, cwd=workdir, env=ansible_env(workdir, interpreter, env),
+    bin_dir = os.path.dirname(ansible_playbook) if ansible_playbook else None
+    proc = subprocess.run(command, cwd=workdir, env=ansible_env(workdir, interpreter, env, bin_dir),
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, check=False)
     events, stats = [], {}

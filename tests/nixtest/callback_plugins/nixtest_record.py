@@ -38,17 +38,26 @@ class CallbackModule(CallbackBase):
         self._play = play.get_name()
 
     def _record(self, status, result):
-        task = result.task
+        # ansible-core 2.19 made the task, host and result public; older releases have
+        # them only as _task, _host and _result.
+        task = getattr(result, 'task', None) or result._task
+        host = getattr(result, 'host', None) or result._host
+        values = getattr(result, 'result', None)
+        if not isinstance(values, dict):
+            values = result._result
+        register = task.register
+        if isinstance(register, dict):   # ansible-core 2.21: {name: projection}
+            register = next(iter(register), None)
         self._write({
             'kind': 'task',
             'play': self._play,
-            'host': result.host.get_name(),
+            'host': host.get_name(),
             'task': result.task_name,
             'action': task.action,
-            'register': task.register,
+            'register': register,
             'status': status,
-            'changed': bool(result.result.get('changed', False)),
-            'result': result.result,
+            'changed': bool(values.get('changed', False)),
+            'result': values,
         })
 
     def v2_runner_on_ok(self, result):
