@@ -10,8 +10,10 @@ Controllers: the same play under the oldest ansible-core ``meta/runtime.yml`` cl
 the newest one the machine's Pythons support (``make controllers`` builds both).
 """
 import os
+import platform
 
 import pytest
+from ansible.release import __version__ as default_core_version
 
 from nixtest import interpreters, nix
 from nixtest.ansible import run_playbook
@@ -82,7 +84,7 @@ def run_twice(root, caches, small_closure, interpreter, ansible_playbook=None):
 
 
 @pytest.mark.parametrize('version, python', MANAGED_HOSTS,
-                         ids=['python%d.%d' % v[:2] for v, _ in MANAGED_HOSTS])
+                         ids=['python%d.%d' % v[:2] for v, path in MANAGED_HOSTS])
 def test_modules_on_a_bare_managed_host_python(version, python, caches, small_closure,
                                                tmp_path):
     interpreter = interpreters.bare(version, python)
@@ -90,11 +92,13 @@ def test_modules_on_a_bare_managed_host_python(version, python, caches, small_cl
     assert ran == '%d.%d.%d' % version
     assert executable == interpreter
     interpreters.RAN['managed host python%d.%d' % version[:2]] = '%s (from %s), standard library only' % (ran, python)
+    interpreters.RAN.setdefault('controller default', 'ansible-core %s on Python %s' % (
+        default_core_version, platform.python_version()))
 
 
 def test_every_supported_managed_host_python_was_found():
     """Which Pythons ran depends on the machine; Debian's own is always among them."""
-    found = {version[:2] for version, _ in MANAGED_HOSTS}
+    found = {version[:2] for version, path in MANAGED_HOSTS}
     assert (3, 11) in found
     missing = [v for v in interpreters.MANAGED_HOST_VERSIONS if v not in found]
     if missing:
@@ -113,6 +117,6 @@ def test_modules_under_the_oldest_and_newest_controller(name, caches, small_clos
     ansible_playbook, core_version, controller_python = found
     # The managed host: Debian's own Python, bare.
     host = interpreters.bare(interpreters.version_of('/usr/bin/python3'), '/usr/bin/python3')
-    ran, _ = run_twice(tmp_path, caches, small_closure, host, ansible_playbook=ansible_playbook)
+    ran = run_twice(tmp_path, caches, small_closure, host, ansible_playbook=ansible_playbook)[0]
     interpreters.RAN['controller %s' % name] = 'ansible-core %s on Python %s (managed host %s)' % (
         core_version, controller_python, ran)

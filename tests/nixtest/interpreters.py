@@ -39,9 +39,8 @@ def _candidates(minor):
     name = 'python%d.%d' % minor
     yield os.path.join('/usr/bin', name)
     pyenv_root = os.environ.get('PYENV_ROOT') or os.path.expanduser('~/.pyenv')
-    for path in sorted(glob.glob(os.path.join(pyenv_root, 'versions', '%d.%d.*' % minor, 'bin', name)),
-                       reverse=True):
-        yield path
+    yield from sorted(glob.glob(os.path.join(pyenv_root, 'versions', '%d.%d.*' % minor, 'bin', name)),
+                      reverse=True)
 
 
 def managed_host_pythons():
