@@ -8,7 +8,9 @@ version 10, WAL) says which are valid.  Like Nix we hold a shared lock on
 ``db/big-lock`` while we work and an exclusive ``flock`` on ``<path>.lock`` while a path
 is being added, so we and a real Nix exclude each other.  A path becomes valid only
 through ``register``, after its contents are complete on disk and its references are
-valid: the store invariant Nix relies on.
+valid: the store invariant Nix relies on.  While a ``LocalStore`` is open it also holds
+``gc.lock`` shared, as ``nix-store --verify`` does: no garbage collector (ours or Nix's,
+which take it exclusively) deletes anything under our feet.
 """
 
 import errno
@@ -79,10 +81,11 @@ class LocalStore(object):
     """A Nix store at ``ROOT/nix/store`` with its database.
 
     ``create=False`` opens without creating anything (check mode): a store that does not
-    exist yet is simply empty.
+    exist yet is simply empty.  ``hold_gc_lock=False`` is for the garbage collector, which
+    holds ``gc.lock`` exclusively itself.
     """
 
-    def __init__(self, root='/', store_dir=STORE_DIR, create=True):
+    def __init__(self, root='/', store_dir=STORE_DIR, create=True, hold_gc_lock=True):
         if not os.path.isabs(root):
             raise StoreError('the store root must be an absolute path', found=root)
         self.root = root
@@ -95,6 +98,8 @@ class LocalStore(object):
         self._db = None
         self._db_lock = threading.Lock()
         self._big_lock = None
+        self._gc_lock = None
+        self.hold_gc_lock = hold_gc_lock
 
     # opening and closing
 
@@ -111,6 +116,8 @@ class LocalStore(object):
         elif not os.path.exists(self.db_path):
             return  # an empty store: nothing is valid, nothing to lock
         self._check_schema()
+        if self.hold_gc_lock:
+            self._gc_lock = open_gc_lock(self.state_dir, fcntl.LOCK_SH)
         self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
                                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._big_lock, fcntl.LOCK_SH)
@@ -132,6 +139,9 @@ class LocalStore(object):
         if self._big_lock is not None:
             os.close(self._big_lock)
             self._big_lock = None
+        if self._gc_lock is not None:
+            os.close(self._gc_lock)
+            self._gc_lock = None
 
     def _create_layout(self):
         for directory in ('db', 'gcroots', 'profiles', 'temproots'):
@@ -263,6 +273,33 @@ class LocalStore(object):
             texts)
         return set(StorePath.parse(row[0], self.store_dir) for row in rows)
 
+    def graph(self):
+        """Every valid path with its NarSize, registration time, deriver and references:
+        ``{StorePath: (nar_size, registration_time, deriver text or None, [StorePath])}``."""
+        rows = self._query('select id, path, narSize, registrationTime, deriver from ValidPaths')
+        by_id = dict((row[0], StorePath.parse(row[1], self.store_dir)) for row in rows)
+        references = dict((path, []) for path in by_id.values())
+        for referrer, reference in self._query('select referrer, reference from Refs'):
+            references[by_id[referrer]].append(by_id[reference])
+        return dict((by_id[row[0]], (row[2], row[3], row[4], references[by_id[row[0]]]))
+                    for row in rows)
+
+    def invalidate(self, store_paths):
+        """Remove paths from the database in one transaction; ``store_paths`` must come
+        referrers first, and every valid referrer of each must be among them."""
+        if self._db is None or not store_paths:
+            return
+        with self._db_lock:
+            try:
+                self._db.execute('begin immediate')
+                self._db.executemany('delete from ValidPaths where path = ?',
+                                     [(path.path(self.store_dir),) for path in store_paths])
+                self._db.execute('commit')
+            except sqlite3.Error as error:
+                self._db.execute('rollback')
+                raise StoreError('removing paths from the Nix database failed: %s' % error,
+                                 path=self.db_path)
+
     def register(self, infos):
         """Make complete paths valid: one transaction, references first.
 
@@ -339,6 +376,18 @@ class _PathLock(object):
         os.write(self._fd, b'd')
         os.close(self._fd)
         self._fd = None
+
+
+def open_gc_lock(state_dir, operation):
+    """``STATE/gc.lock`` flocked as Nix 2.8 does: shared by anything that adds or reads paths,
+    exclusive by a garbage collector.  Waits for the lock; returns the descriptor."""
+    path = os.path.join(state_dir, 'gc.lock')
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StoreError('cannot open the garbage collector lock: %s' % error.strerror, path=path)
+    fcntl.flock(fd, operation)
+    return fd
 
 
 def _deriver_path(deriver, store_dir):
