@@ -28,6 +28,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     format_base32,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils import nar
+from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
 
 MIB = 1024.0 * 1024.0
 
@@ -35,21 +36,26 @@ MIB = 1024.0 * 1024.0
 class CountingReader(object):
     """Counts the bytes read from a stream (the download size as it happens)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, on_read=None):
         self._stream = stream
+        self._on_read = on_read
         self.count = 0
 
     def read(self, size=-1):
         data = self._stream.read(size)
         self.count += len(data)
+        if self._on_read is not None:
+            self._on_read(len(data))
         return data
 
 
 class Realiser(object):
     """Puts the closure of some store paths into a LocalStore from a list of caches."""
 
-    def __init__(self, store, caches, trusted_keys, require_sigs=True, jobs=4, register=True):
+    def __init__(self, store, caches, trusted_keys, require_sigs=True, jobs=4, register=True,
+                 progress=None):
         self.store = store
+        self.progress = progress or Progress()
         self.caches = caches
         self.trusted_keys = trusted_keys
         self.require_sigs = require_sigs
@@ -89,6 +95,7 @@ class Realiser(object):
         """Fetch every planned path; register the lot; return path -> bytes downloaded."""
         downloaded = {}
         committed = []
+        self.progress.start(len(plan.to_fetch), plan.download_bytes)
         with contextlib.ExitStack() as locks:
             try:
                 with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -100,6 +107,7 @@ class Realiser(object):
                                 used, count = result
                                 downloaded[used.store_path] = count
                                 committed.append(used)
+                                self.progress.path_done(str(used.store_path), count)
                     except BaseException:
                         for future in futures:
                             future.cancel()
@@ -158,7 +166,7 @@ class Realiser(object):
         try:
             raw = item.cache.open_nar(item.narinfo.url, store_path)
             try:
-                counted = CountingReader(raw)
+                counted = CountingReader(raw, self.progress.add_bytes)
                 hashed = HashingReader(open_decompressed(item.narinfo.compression, counted))
                 nar.unpack(hashed, temp_dir)
             finally:

@@ -65,7 +65,22 @@ options:
         placed in the store, and a path counts as present when it exists there.
     type: bool
     default: true
+  progress_file:
+    description:
+      - A file the module rewrites with its progress while it fetches (paths and bytes done
+        and to do, as JSON) and removes when it ends.
+      - The collection's action plugin sets it under C(ROOT/nix/var/nixcache/progress/) and
+        prints the progress in the C(ansible-playbook) output at least every 5 seconds
+        while a realisation takes longer than that (with C(-v), a line per fetched path).
+        There is no need to set it by hand.
+    type: path
 attributes:
+  action:
+    description: An action plugin prints progress on the controller while the module runs.
+    support: full
+  async:
+    description: Runs asynchronously (then without progress lines).
+    support: full
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
     support: full
@@ -198,6 +213,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
 )
 from ansible_collections.nixcache.closure.plugins.module_utils import s3
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
+from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
@@ -212,10 +228,12 @@ def main():
             jobs=dict(type='int', default=4),
             register=dict(type='bool', default=True),
             receipt=dict(type='bool', default=True),
+            progress_file=dict(type='path'),
         ),
         supports_check_mode=True,
     )
     params = module.params
+    progress = Progress()
     try:
         requested = parse_store_paths(params['paths'])
         if requested:
@@ -227,9 +245,11 @@ def main():
                              exception=s3.BOTO3_IMPORT_ERROR)
         store = LocalStore(root=params['root'], create=not module.check_mode)
         store_is_new = not os.path.exists(store.db_path)
+        progress = Progress(params['progress_file'])
         with store:
             realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
-                                jobs=params['jobs'], register=params['register'])
+                                jobs=params['jobs'], register=params['register'],
+                                progress=progress)
             result = realiser.realise(requested, check_mode=module.check_mode)
             result['changed'] = result['changed'] or store_is_new
             result['receipts'] = []
@@ -240,6 +260,8 @@ def main():
                 result['changed'] = result['changed'] or bool(result['receipts'])
     except NixCacheError as error:
         module.fail_json(**failure(error))
+    finally:
+        progress.remove()
     module.exit_json(**result)
 
 
