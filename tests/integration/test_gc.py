@@ -253,3 +253,32 @@ def test_runtime_roots_keep_what_a_running_process_uses(store_with_garbage, pg_c
         holder.kill()
         holder.wait()
     assert os.path.exists(target)
+
+
+def test_per_user_profiles_and_indirect_roots_outside_nix(store_with_garbage, pg_closure_b,
+                                                          small_closure):
+    """A per-user profile (Nix agrees), and an indirect root as ``nix-build -o`` or
+    ``nix-env -p`` leave one: ``gcroots/auto/X`` -> a link elsewhere -> a store path
+    (resolved under the root; a chroot Nix would look on the host instead)."""
+    root = store_with_garbage
+    Profile('/nix/var/nix/profiles/per-user/postgres/profile', root=str(root)).switch_to(
+        StorePath.parse(pg_closure_b.top))
+    assert base(pg_closure_b.top) not in nix_dead(root)
+    (root / 'srv').mkdir()
+    os.symlink(small_closure.by_name('small-blob'), str(root / 'srv/result'))
+    os.makedirs(str(root / 'nix/var/nix/gcroots/auto'), exist_ok=True)
+    os.symlink('/srv/result', str(root / 'nix/var/nix/gcroots/auto/result'))
+    result, done = run('gc', root=str(root), runtime_roots=False, delete_old=True)
+    result.assert_ok()
+    valid = nix.valid_paths(str(root))
+    assert pg_closure_b.top in valid
+    assert small_closure.by_name('small-blob') in valid
+    assert small_closure.top not in valid
+    assert nix.verify_store(str(root)) == []
+    # Once the link elsewhere is gone, the auto link is stale: it is removed, the blob goes.
+    os.unlink(str(root / 'srv/result'))
+    result, done = run('gc', root=str(root), runtime_roots=False)
+    result.assert_ok()
+    assert small_closure.by_name('small-blob') in done['deleted']
+    assert not os.path.lexists(str(root / 'nix/var/nix/gcroots/auto/result'))
+    assert nix.verify_store(str(root)) == []
