@@ -54,6 +54,18 @@ PLAY = '''
         root: "{{ root }}/xz"
         source: /nix/var/nix/profiles/default/bin
         dest: /usr/local/bin
+
+    - name: Describe the store
+      nixcache.closure.store_info:
+        root: "{{ root }}/xz"
+        check_contents: true
+      register: info
+
+    - name: Collect garbage (the profile keeps everything)
+      nixcache.closure.gc:
+        root: "{{ root }}/xz"
+        runtime_roots: false
+      register: collected
 '''
 
 MANAGED_HOSTS = interpreters.managed_host_pythons()
@@ -77,6 +89,10 @@ def run_twice(root, caches, small_closure, interpreter, ansible_playbook=None):
         assert nix.verify_store(str(store)) == []
         assert sorted(nix.valid_paths(str(store))) == small_closure.paths
         assert nix.unregistered_entries(str(store)) == []
+    info = again.registered('info')
+    assert info['consistency']['ok'] is True and info['path_count'] == len(small_closure.paths)
+    assert first.registered('collected')['deleted'] == []
+    assert first.registered('collected')['alive'] == len(small_closure.paths)
     link = root / 'xz/usr/local/bin/small-hello'
     assert os.readlink(str(link)) == '/nix/var/nix/profiles/default/bin/small-hello'
     python = first.registered('facts')['ansible_facts']['ansible_python']
