@@ -85,6 +85,7 @@ export ANSIBLE_COLLECTIONS_PATH="${build_dir}/sanity"
 # Results and bytecode must not leak back into the source tree.
 export PYTHONDONTWRITEBYTECODE=1
 
+echo "sanity: $("${ansible_test}" --version) on Python ${python_version}"
 status=0
 "${ansible_test}" sanity --python "${python_version}" --color no "$@" || status=$?
 exit "${status}"
