@@ -98,6 +98,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
     group_id,
+    resolve,
     under_root,
     user_entry,
 )
@@ -114,24 +115,7 @@ class Mirror(object):
 
     def real(self, path):
         """Where ``path`` (inside the root, possibly through links inside the root) really is."""
-        real = under_root(self.root, path)
-        if self.root in ('', '/'):
-            return real
-        # resolve one link at a time so that absolute links stay inside the root
-        parts, seen = path.strip('/').split('/'), 0
-        current = '/'
-        while parts and seen < 64:
-            candidate = os.path.join(current, parts.pop(0))
-            host = under_root(self.root, candidate)
-            if os.path.islink(host):
-                seen += 1
-                target = os.readlink(host)
-                target = target if os.path.isabs(target) else os.path.join(current, target)
-                parts = os.path.normpath(target).strip('/').split('/') + parts
-                current = '/'
-            else:
-                current = candidate
-        return under_root(self.root, current)
+        return under_root(self.root, resolve(self.root, path))
 
     def entries(self, source):
         try:
