@@ -65,9 +65,13 @@ def group_id(root, name):
 
 
 def _entry(root, table, name):
-    with open(under_root(root, table)) as handle:
-        for line in handle:
-            fields = line.rstrip('\n').split(':')
-            if len(fields) > 3 and fields[0] == name:
-                return fields
+    try:
+        with open(under_root(root, table)) as handle:
+            for line in handle:
+                fields = line.rstrip('\n').split(':')
+                if len(fields) > 3 and fields[0] == name:
+                    return fields
+    except (IOError, OSError) as error:
+        raise KeyError('%s: %s cannot be read (%s)' % (name, under_root(root, table),
+                                                       error.strerror))
     raise KeyError('%s is not in %s' % (name, under_root(root, table)))
