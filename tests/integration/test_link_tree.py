@@ -64,3 +64,26 @@ def test_a_foreign_file_is_never_replaced(alt_root):
     result, refused = mirror(source='/src', dest='/dest', root=str(alt_root))
     result.assert_failed()
     assert 'replace' in refused['msg'] and (alt_root / 'dest/tool').read_text() == 'precious'
+
+
+def test_check_and_diff_mode_report_links_and_sources_still_to_come(alt_root):
+    (alt_root / 'store/env/bin').mkdir(parents=True)
+    (alt_root / 'store/env/bin/psql').write_text('x')
+    os.symlink('/store/env', str(alt_root / 'profile'))
+    args = dict(source='/profile/bin', dest='/usr/bin', root=str(alt_root))
+    result = run_playbook(PLAY.replace('{{ args }}', json.dumps(args)), check=True, diff=True)
+    result.assert_ok()
+    planned = result.registered('mirrored')
+    assert planned['changed'] and planned['created'] == ['/usr/bin', '/usr/bin/psql']
+    assert '+/usr/bin/psql -> /profile/bin/psql' in result.stdout
+    assert not (alt_root / 'usr').exists()
+
+    # a profile that an earlier task of the same dry run would make: pending, not a failure
+    args = dict(source='/home/.nix-profile/bin', dest='/usr/lib/pg/bin', root=str(alt_root))
+    result = run_playbook(PLAY.replace('{{ args }}', json.dumps(args)), check=True, diff=True)
+    result.assert_ok()
+    assert result.registered('mirrored')['pending'] == ['/home/.nix-profile/bin']
+    result, refused = mirror(**args)
+    result.assert_failed()
+    assert 'cannot list the source' in refused['msg'] and refused['path'] == '/home/.nix-profile/bin'
+    assert not (alt_root / 'usr').exists()
