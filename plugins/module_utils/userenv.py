@@ -24,7 +24,7 @@ import json
 import os
 import stat
 
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidStorePath, StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
 from ansible_collections.nixcache.closure.plugins.module_utils.nar import dump_tree
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import resolve, under_root
@@ -153,11 +153,14 @@ def read_manifest(root, target, store_dir=STORE_DIR):
     if not isinstance(document, dict) or document.get('version') not in MANIFEST_VERSIONS:
         return None
     elements = []
-    for entry in document.get('elements') or []:
-        for text in entry.get('storePaths') or []:
-            elements.append(Element(StorePath.parse(text, store_dir),
-                                    entry.get('priority', DEFAULT_PRIORITY),
-                                    entry.get('active', True)))
+    try:
+        for entry in document.get('elements') or []:
+            for text in entry.get('storePaths') or []:
+                elements.append(Element(StorePath.parse(text, store_dir),
+                                        entry.get('priority', DEFAULT_PRIORITY),
+                                        entry.get('active', True)))
+    except (AttributeError, InvalidStorePath):
+        return None  # not a manifest this collection can describe: report no packages
     return elements
 
 

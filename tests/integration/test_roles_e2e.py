@@ -12,10 +12,13 @@ dry run on the up-to-date host reports nothing, and one of a switch reports the 
 difference; a switch and a rollback move every link, and the realised Nix verifies the
 store, lists the profile's packages and keeps the profile's closure when collecting garbage.
 """
+import json
 import os
+import platform
 
 import pytest
 
+from ansible_collections.nixcache.closure.plugins.module_utils.pins import nix_system
 from nixtest import REPO, fixtures
 from nixtest.ansible import run_playbook
 from nixtest.http import CacheServer
@@ -86,6 +89,8 @@ EDITS = """
         line: max-jobs = 2
 """
 
+OTHER_SYSTEM_BUILD = '/nix/store/1d5w1hqic2hm3yq1gz7gcch7qz2c3cz3-postgresql-and-plugins-15.8'
+
 # What a dry run must leave alone on the target.
 WATCHED = ('/etc', '/usr', '/var/lib', '/root', '/nix', '/data')
 
@@ -142,11 +147,21 @@ def changed(result):
 
 
 def test_dry_run_on_a_fresh_host_reports_the_plan_and_changes_nothing(
-        target_host, servers, pg_closure, pg_extra):
+        target_host, servers, pg_closure, pg_extra, tmp_path):
     target = target_host
     assert not os.path.exists(target.path('/nix'))
+    # the packages picked by name for the host's architecture from a release manifest (the
+    # fixtures were built for this machine's system; another system's pin must not be taken)
+    system = nix_system(platform.machine())
+    other = 'riscv64-linux' if system != 'riscv64-linux' else 'aarch64-linux'
+    manifest = tmp_path / 'pins.json'
+    manifest.write_text(json.dumps({'version': 1, 'packages': {
+        'psql_15': {system: pg_closure.top, other: OTHER_SYSTEM_BUILD},
+        'pg_prove': {system: pg_extra.top}}}))
     before = snapshot(target)
-    result = apply_roles(target, servers, pg_closure.top, [pg_extra.top], check=True, diff=True)
+    result = run_playbook(PLAYBOOK, target.inventory(), check=True, diff=True, extra_vars=dict(
+        servers, release_manifest=str(manifest), release_packages=['psql_15', 'pg_prove']))
+    result.assert_ok()
     assert snapshot(target) == before
 
     plan = result.registered('postgres_realised')
