@@ -46,7 +46,7 @@ options:
     version_added: 0.2.0
   priorities:
     description:
-      - Priorities of some of O(paths), as C(store path: number). Lower numbers win a file both
+      - Priorities of some of O(paths), a store path to a number for each. Lower numbers win a file both
         packages provide; the default is 5, as in Nix. A priority other than 5 is recorded in
         C(manifest.json) as newer Nix records it (Nix 2.8 reads the profile but not the
         priority).

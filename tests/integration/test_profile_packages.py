@@ -61,8 +61,8 @@ def section(out, name):
     return [line for line in out.split('== %s\n' % name)[1].split('== ')[0].splitlines() if line]
 
 
-def test_packages_in_one_generation_as_real_nix_profile_sees_them(small_root, small_closure,
-                                                                   tmp_path):
+def test_packages_in_one_generation_as_real_nix_profile_sees_them(
+        small_root, small_closure, tmp_path):
     root = small_root
     tool, lib, blob = (small_closure.by_name(n) for n in ('small-tool', 'small-lib', 'small-blob'))
     result, first = profile(root, name='tools', paths=[tool, lib, blob])
