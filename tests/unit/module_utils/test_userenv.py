@@ -97,3 +97,36 @@ def test_the_same_packages_give_the_same_path_and_manifest_reads_back(root, tmp_
     read = read_manifest(str(root), target)
     assert [(str(e.store_path), e.priority, e.active) for e in read] == [(A, 5, True), (B, 5, True)]
     assert read_manifest(str(root), A) is None
+
+
+def test_propagated_packages_follow_at_a_lower_priority(root, tmp_path):
+    write(root, A + '/nix-support/propagated-user-env-packages', C + '\n')
+    env = build_environment([Element(StorePath.parse(A))], root=str(root))
+    dest = unpacked(env, tmp_path)
+    # C comes along (its share/doc-less tree merges into share/), and where it clashes with
+    # A it loses instead of failing: propagated packages have priority 1000 and up
+    assert os.readlink(dest + '/share/common') == A + '/share/common'
+    assert [str(p) for p in env.info.references] == [A]
+
+
+def test_a_package_that_is_a_single_file_is_left_out_with_a_warning(root):
+    single = '/nix/store/vq3as72cn7nlfp00fksafsqpbc1wr00k-small-note-1.0'
+    write(root, single, 'just a file')
+    env = build_environment([Element(StorePath.parse(A)), Element(StorePath.parse(single))],
+                            root=str(root))
+    assert env.warnings == ["not including '%s' in the user environment because it's not a "
+                            "directory" % single]
+
+
+def test_links_are_resolved_inside_the_root(tmp_path):
+    from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import resolve
+    (tmp_path / 'a/b').mkdir(parents=True)
+    os.symlink('/a', str(tmp_path / 'abs'))           # absolute: stays in the root
+    os.symlink('../a/b', str(tmp_path / 'a/rel'))
+    os.symlink('/../../../a', str(tmp_path / 'up'))  # cannot climb out of the root
+    os.symlink('loop', str(tmp_path / 'loop'))
+    assert resolve(str(tmp_path), '/abs/b') == '/a/b'
+    assert resolve(str(tmp_path), '/abs/rel/missing') == '/a/b/missing'
+    assert resolve(str(tmp_path), '/up/b') == '/a/b'
+    with pytest.raises(OSError):
+        resolve(str(tmp_path), '/loop')
