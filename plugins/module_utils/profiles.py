@@ -173,7 +173,7 @@ def apply(profile, store, state, path=None, elements=None, keep=None, link=None,
     reported as ``pending`` instead of refused.
     """
     previous = profile.current_target()
-    environment, pending = None, []
+    environment, pending, valid = None, [], set()
     if state == 'present':
         wanted_paths = [element.store_path for element in elements] if elements else [path]
         valid = store.valid_subset(wanted_paths)
@@ -224,7 +224,8 @@ def apply(profile, store, state, path=None, elements=None, keep=None, link=None,
                   warnings=list(environment.warnings) if environment else [])
     if wanted != previous or pending:
         before = _closure(store, previous, None)
-        after = _closure(store, wanted, environment)
+        # with packages still to realise, what is known: the closure of the valid ones
+        after = store.closure(sorted(valid)) if pending else _closure(store, wanted, environment)
         if not pending:
             result['closure_diff'] = _closure_diff(store, before, after)
         result['diff'] = dict(
