@@ -12,7 +12,7 @@ description:
     C(x86_64-linux) or C(aarch64-linux), so that a playbook or a Packer build picks the right
     paths for the host it provisions.
   - 'The manifest: C({"version": 1, "packages": {NAME: {SYSTEM: STORE_PATH, ...}, ...}}).'
-  - The manifest may be a local file (a path or C(file://)), an C(http(s)://) URL or an
+  - The manifest may be a local file (a path or C(file://)), an C(https://) or C(http://) URL or an
     C(s3://bucket/key) object. It is read with the same clients as the caches, so the
     credential, certificate and S3 options of the C(cache) fragment apply to it; the options
     about substituters and keys are not used. The store paths themselves are checked for
