@@ -18,6 +18,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
     under_root,
     user_entry,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import entries_of
 
 
 class Mirror(object):
@@ -28,8 +29,12 @@ class Mirror(object):
     that do not exist yet (only in check mode, where a profile may not be made yet).
     """
 
-    def __init__(self, root='/', owner=None, group=None, replace=(), check_mode=False):
+    def __init__(self, root='/', owner=None, group=None, replace=(), check_mode=False,
+                 planned=None):
+        """``planned``: in check mode, (profile link, Environment) the profile is about to
+        point at; sources through that link are listed from the environment."""
         self.root = root
+        self.planned = planned if check_mode else None
         self.replace = set(replace)
         self.check_mode = check_mode
         try:
@@ -46,6 +51,13 @@ class Mirror(object):
 
     def entries(self, source):
         """The names in ``source``; None for a source still to be made (check mode)."""
+        if self.planned is not None:
+            link, environment = self.planned
+            if source == link or source.startswith(link.rstrip('/') + '/'):
+                names = entries_of(environment, source[len(link):], self.root)
+                if names is None:
+                    self.pending.append(source)
+                return names
         try:
             return sorted(os.listdir(self.real(source)))
         except OSError as error:

@@ -83,17 +83,44 @@ class PathInfo(object):
 
 
 class Environment(object):
-    """A built environment: ``store_path``, ``nar`` (bytes), ``info`` and ``warnings``."""
+    """A built environment: ``store_path``, ``nar`` (bytes), ``info``, ``warnings`` and
+    ``tree`` (the symlink tree in memory: a directory is a dict, a link ``('symlink', target)``)."""
 
-    def __init__(self, elements, nar, store_dir, warnings):
+    def __init__(self, elements, nar, store_dir, warnings, tree=None):
         self.elements = elements
         self.nar = nar
         self.warnings = warnings
+        self.tree = tree or {}
         digest = hashlib.sha256(nar).digest()
         references = sorted(set(element.store_path for element in elements))
         self.store_path = make_fixed_output_path(PROFILE_NAME, digest, references, store_dir)
         self.info = PathInfo(self.store_path, format_base32(digest), len(nar), references,
                              fixed_output_ca(digest))
+
+
+def elements_from(paths, priorities=None, store_dir=STORE_DIR):
+    """Elements from store paths as text (duplicates dropped, order kept) and priorities as
+    ``{store path: number}``; a priority for a path that is not listed is refused."""
+    store_paths = []
+    for text in paths:
+        store_path = StorePath.parse(text, store_dir)
+        if store_path not in store_paths:
+            store_paths.append(store_path)
+    listed = set(store_path.path(store_dir) for store_path in store_paths)
+    numbers = {}
+    for key, value in (priorities or {}).items():
+        if key not in listed:
+            raise StoreError('a priority is given for a store path that is not in paths',
+                             path=key, expected='one of: %s' % ', '.join(sorted(listed)))
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            numbers[key] = int(value)
+        except (TypeError, ValueError):
+            raise StoreError('a priority is a whole number (lower wins)', path=key,
+                             found=repr(value))
+    return [Element(store_path, numbers.get(store_path.path(store_dir), DEFAULT_PRIORITY))
+            for store_path in store_paths]
 
 
 def manifest_text(elements, store_dir=STORE_DIR):
@@ -137,7 +164,30 @@ def build_environment(elements, root='/', store_dir=STORE_DIR):
                                 False)
     chunks = []
     dump_tree(tree, chunks.append)
-    return Environment(list(elements), b''.join(chunks), store_dir, builder.warnings)
+    listing = dict(builder.tree)
+    listing['manifest.json'] = tree[1]['manifest.json']
+    return Environment(list(elements), b''.join(chunks), store_dir, builder.warnings, listing)
+
+
+def entries_of(environment, relative, root='/'):
+    """The names in ``relative`` (a path inside the environment, '' for its top) as the
+    environment will show them once it is made, or None when it has no such directory."""
+    node = environment.tree
+    parts = [part for part in relative.split('/') if part]
+    while parts:
+        if not isinstance(node, dict):
+            break
+        node = node.get(parts.pop(0))
+        if node is None:
+            return None
+    if isinstance(node, dict):
+        return sorted(node)
+    if node[0] != 'symlink':
+        return None
+    try:  # a link into a package: the rest of the path is read there
+        return sorted(os.listdir(under_root(root, resolve(root, '/'.join([node[1]] + parts)))))
+    except OSError:
+        return None
 
 
 def read_manifest(root, target, store_dir=STORE_DIR):

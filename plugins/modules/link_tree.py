@@ -55,13 +55,37 @@ options:
     description: Alternate root; O(source) and O(dest) are as seen from inside it.
     type: path
     default: /
+  plan:
+    description:
+      - For check mode, the packages that the profile reached through O(plan.link) is about to
+        hold (as given to M(nixcache.closure.profile) in a task before this one). Sources
+        through that link are then listed from the environment those packages make, so a dry
+        run of a switch shows the links it would make and prune. Ignored outside check mode
+        and while a package is not realised yet.
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      link:
+        description: The profile link that O(source) goes through, such as C(/var/lib/postgresql/.nix-profile).
+        type: path
+        required: true
+      packages:
+        description: Store paths of the packages, as O(nixcache.closure.profile#module:paths) gets them (or its one O(nixcache.closure.profile#module:path)).
+        type: list
+        elements: str
+        required: true
+      priorities:
+        description: Their priorities, as O(nixcache.closure.profile#module:priorities) gets them.
+        type: dict
+        default: {}
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: >-
       A source that does not exist yet (a profile that an earlier task of the same dry run would
-      make) is reported in RV(pending) instead of failing the task.
+      make) is reported in RV(pending) instead of failing the task. With O(plan), sources through
+      the profile are listed from the packages it is about to hold.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
@@ -107,6 +131,21 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
+    build_environment,
+    elements_from,
+)
+
+
+def planned_environment(plan, root):
+    """(profile link, Environment) for check mode, when every planned package is valid."""
+    elements = elements_from(plan['packages'], plan['priorities'])
+    with LocalStore(root=root, create=False) as store:
+        paths = [element.store_path for element in elements]
+        if len(store.valid_subset(paths)) != len(paths):
+            return None  # still to be realised: its sources are reported as pending
+    return plan['link'].rstrip('/'), build_environment(elements, root=root)
 
 
 def main():
@@ -120,13 +159,22 @@ def main():
             owner=dict(type='str'),
             group=dict(type='str'),
             root=dict(type='path', default='/'),
+            plan=dict(type='dict', options=dict(
+                link=dict(type='path', required=True),
+                packages=dict(type='list', elements='str', required=True),
+                priorities=dict(type='dict', default={}),
+            )),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
+        planned = None
+        if module.check_mode and params['plan'] and params['plan']['packages']:
+            planned = planned_environment(params['plan'], params['root'])
         mirror = Mirror(root=params['root'], owner=params['owner'], group=params['group'],
-                        replace=params['replace'], check_mode=module.check_mode)
+                        replace=params['replace'], check_mode=module.check_mode,
+                        planned=planned)
         mirror.mirror(params['source'], params['dest'], directories=params['directories'],
                       only=params['only'])
     except (NixCacheError, OSError) as error:

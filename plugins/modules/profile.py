@@ -223,7 +223,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure, parse_store_paths
+from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError, StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.profiles import (
     PROFILES_DIR,
@@ -233,25 +233,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.profiles import (
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import user_entry
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-from ansible_collections.nixcache.closure.plugins.module_utils.userenv import DEFAULT_PRIORITY, Element
-
-
-def elements_from(paths, priorities):
-    """Elements of an environment from the module's paths and priorities options."""
-    store_paths = parse_store_paths(paths)
-    wanted = dict((str(path), path) for path in store_paths)
-    for key, value in (priorities or {}).items():
-        if key not in wanted:
-            raise StoreError('a priority is given for a store path that is not in paths',
-                             path=key, expected='one of: %s' % ', '.join(sorted(wanted)))
-        if not isinstance(value, int) or isinstance(value, bool):
-            try:
-                priorities[key] = int(value)
-            except (TypeError, ValueError):
-                raise StoreError('a priority is a whole number (lower wins)', path=key,
-                                 found=repr(value))
-    return [Element(path, (priorities or {}).get(str(path), DEFAULT_PRIORITY))
-            for path in store_paths]
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import elements_from
 
 
 def main():

@@ -264,6 +264,15 @@ def test_roles_then_contract_tasks(target_host, servers, pg_closure, pg_closure_
     assert '+closure %s' % pg_closure_b.top in planned.stdout
     assert '-closure %s' % pg_closure.top in planned.stdout
 
+    # a dry run without the second package shows its links going, and changes nothing
+    dropped = apply_roles(target, servers, pg_closure.top, [], check=True, diff=True)
+    assert snapshot(target) == before
+    removed = [path for result in changed(dropped).values() for path in result.get('removed', [])]
+    assert sorted(removed) == ['/usr/bin/pg_prove', '/usr/lib/postgresql/bin/pg_prove',
+                               '/usr/lib/postgresql/share/postgresql/extension/pgtap--1.0.sql',
+                               '/usr/lib/postgresql/share/postgresql/extension/pgtap.control']
+    assert '-/usr/bin/pg_prove -> /var/lib/postgresql/.nix-profile/bin/pg_prove' in dropped.stdout
+
     # the realised Nix, on the target, agrees with everything we wrote
     verify = target.run('nix-store --verify --check-contents', check=True)
     assert 'error' not in verify.stderr.lower()
