@@ -77,6 +77,12 @@ variable "postgres_store_path" {
   description = "The Postgres environment to install, /nix/store/<32-char hash>-<name>."
 }
 
+variable "postgres_packages" {
+  type        = list(string)
+  default     = []
+  description = "Further store paths for the postgres user's profile (pg_prove, groonga, ...), merged with postgres_store_path in one generation."
+}
+
 variable "substituters" {
   type        = list(string)
   description = "Binary cache URLs the closure is realised from."
@@ -155,6 +161,7 @@ locals {
 
   playbook_vars = {
     postgres_store_path = var.postgres_store_path
+    postgres_packages   = var.postgres_packages
     substituters        = var.substituters
     trusted_public_keys = var.trusted_public_keys
     nix_store_path      = var.nix_store_path

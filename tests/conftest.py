@@ -13,6 +13,8 @@ small_closure          session  Closure: ``top``, ``paths``, ``infos`` (tests/fi
 pg_closure             session  PgClosure: ``top``, ``paths``, ``glibc``, ``libs``,
                                 ``version``, ``major``, ``variant`` ("a")
 pg_closure_b           session  the same Postgres under another top path (variant "b")
+pg_extra               session  Closure of a second package for the Postgres profile
+                                (tests/fixtures/pg-extras.nix: bin/pg_prove, an extension)
 caches                 session  Caches: compression -> Cache(compression, directory, url,
                                 public_key) for xz, zstd, bzip2, none, each holding all
                                 three closures; ``caches.root`` is their parent
@@ -103,6 +105,12 @@ def pg_closure_b():
     _require_nix()
     _require_postgres()
     return _timed('pg_closure_b', lambda: fixtures.pg_closure('b'))
+
+
+@pytest.fixture(scope='session')
+def pg_extra():
+    _require_nix()
+    return _timed('pg_extra', fixtures.pg_extra)
 
 
 @pytest.fixture(scope='session')

@@ -85,6 +85,18 @@ def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
         raise CacheUnavailable('no substituters given: set the substituters option '
                                '(for example https://cache.example.org or file:///var/cache/nix) '
                                'or substituters in %s' % NIX_CONF)
+    cache_options = client_options(options, root=root, settings=settings)
+    caches = [make_substituter(url, cache_options, store_dir) for url in urls]
+    trusted = TrustedKeys(keys)
+    if probe:
+        caches = probe_caches(caches, store_dir, by_priority=not user_ordered)
+    return caches, trusted
+
+
+def client_options(options, root='/', settings=None):
+    """How to reach caches (and other files beside them) from the cache options: time-outs,
+    retries, HTTP credentials and certificates, S3 settings.  ``settings`` are nix.conf's."""
+    settings = settings or {}
     if options.get('netrc_file') and not os.path.isfile(under_root(root, options['netrc_file'])):
         raise CacheUnavailable('the netrc_file %s does not exist' % options['netrc_file'])
     netrc_file = options.get('netrc_file') or settings.get('netrc-file') or DEFAULT_NETRC
@@ -96,16 +108,10 @@ def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
     aws = dict(profile=options.get('aws_profile'), region=options.get('aws_region'),
                endpoint_url=options.get('endpoint_url'), access_key=options.get('access_key'),
                secret_key=options.get('secret_key'), session_token=options.get('session_token'))
-    cache_options = CacheOptions(timeout=options.get('timeout', 30),
-                                 retries=options.get('retries', 3),
-                                 validate_certs=options.get('validate_certs', True),
-                                 http=dict((k, v) for k, v in http.items() if v is not None),
-                                 aws=dict((k, v) for k, v in aws.items() if v))
-    caches = [make_substituter(url, cache_options, store_dir) for url in urls]
-    trusted = TrustedKeys(keys)
-    if probe:
-        caches = probe_caches(caches, store_dir, by_priority=not user_ordered)
-    return caches, trusted
+    return CacheOptions(timeout=options.get('timeout', 30), retries=options.get('retries', 3),
+                        validate_certs=options.get('validate_certs', True),
+                        http=dict((k, v) for k, v in http.items() if v is not None),
+                        aws=dict((k, v) for k, v in aws.items() if v))
 
 
 def probe_caches(caches, store_dir=STORE_DIR, by_priority=False):

@@ -555,6 +555,39 @@ def dump(path, write):
     out.flush()
 
 
+def dump_tree(node, write):
+    """Serialise an in-memory tree as a NAR, passing it to ``write(bytes)``.
+
+    A node is ``('directory', {name: node})``, ``('symlink', target)`` or
+    ``('regular', data, executable)``; names and targets are ``str`` or ``bytes``.
+    Entries are written sorted by the bytes of their names, as Nix writes them.
+    """
+    out = _Batcher(write)
+    out.put(MAGIC)
+    _dump_node(node, out)
+    out.flush()
+
+
+def _dump_node(node, out):
+    kind = node[0]
+    if kind == 'directory':
+        out.put(_OPEN_TYPE + _DIRECTORY)
+        entries = sorted((os.fsencode(name), child) for name, child in node[1].items())
+        for name, child in entries:
+            out.put(_ENTRY_NAME + _string(name) + _NODE)
+            _dump_node(child, out)
+            out.put(_CLOSE)
+    elif kind == 'symlink':
+        out.put(_OPEN_TYPE + _SYMLINK_TARGET + _string(os.fsencode(node[1])))
+    elif kind == 'regular':
+        data = node[1]
+        out.put(_OPEN_TYPE + (_EXECUTABLE_CONTENTS if node[2] else _REGULAR_CONTENTS)
+                + _string(data))
+    else:
+        raise StoreError('cannot put a %r node in a NAR' % (kind,))
+    out.put(_CLOSE)
+
+
 def nar_hash(path):
     """The sha256 digest and the size of the NAR serialisation of ``path``."""
     digest = hashlib.sha256()

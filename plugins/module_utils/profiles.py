@@ -8,16 +8,26 @@ in the same directory), and each generation is a symlink to a store path.  Switc
 makes a new generation and replaces the profile link atomically (a temporary link
 renamed over it).  Profiles under ``/nix/var/nix/profiles`` are garbage-collector roots
 through the ``gcroots/profiles`` link Nix creates; a profile elsewhere gets an indirect
-root in ``gcroots/auto``, as ``nix-env -p`` gives it.
+root in ``gcroots/auto`` for each of its generations, as ``nix-env -p`` gives them.
+
+A profile points either at one store path (as ``nix-env --set`` makes it) or at an
+environment of several packages built as ``nix profile`` builds it (see ``userenv``).
+``apply`` plans and, outside check mode, makes one change of a profile.
 """
 
 import hashlib
 import os
 import re
 
+from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
+    DEFAULT_PRIORITY,
+    build_environment,
+    read_manifest,
+)
 
 PROFILES_DIR = '/nix/var/nix/profiles'
 GCROOTS_DIR = '/nix/var/nix/gcroots'
@@ -117,14 +127,14 @@ class Profile(object):
         return deleted
 
     def remove(self):
-        """Remove the profile link, every generation and our indirect root."""
+        """Remove the profile link, every generation and their indirect roots."""
         for number in self.generations():
             os.unlink(os.path.join(self.real_directory, self.generation_link(number)))
+            auto_root = self._auto_root(number)
+            if auto_root and os.path.lexists(auto_root):
+                os.unlink(auto_root)
         if os.path.lexists(self.real_path):
             os.unlink(self.real_path)
-        auto_root = self._auto_root()
-        if auto_root and os.path.lexists(auto_root):
-            os.unlink(auto_root)
 
     def ensure_gc_root(self):
         """Make the profile's generations garbage-collector roots, as Nix does."""
@@ -134,15 +144,21 @@ class Profile(object):
                 _make_dirs(os.path.dirname(link))
                 os.symlink(PROFILES_DIR, link)
             return
-        link = self._auto_root()
-        _make_dirs(os.path.dirname(link))
-        if not os.path.lexists(link) or os.readlink(link) != self.path:
-            _replace_link(self.path, link)
+        for number in self.generations():
+            link = self._auto_root(number)
+            generation = os.path.join(self.directory, self.generation_link(number))
+            _make_dirs(os.path.dirname(link))
+            if not os.path.lexists(link) or os.readlink(link) != generation:
+                _replace_link(generation, link)
 
-    def _auto_root(self):
+    def _auto_root(self, number):
+        """Nix's indirect root for generation ``number`` of a profile outside the profiles
+        directory: ``gcroots/auto/<base32 sha1 of the generation link>`` -> that link (a
+        stale one, left when a generation goes, is removed by the garbage collector)."""
         if self.path.startswith(PROFILES_DIR + '/'):
             return None
-        digest = hashlib.sha256(self.path.encode('utf-8')).hexdigest()[:32]
+        generation = os.path.join(self.directory, self.generation_link(number))
+        digest = nixbase32.encode(hashlib.sha1(generation.encode('utf-8')).digest())
         return under_root(self.root, '%s/auto/%s' % (GCROOTS_DIR, digest))
 
     def _make_directory(self):
@@ -151,6 +167,142 @@ class Profile(object):
 
 def store_path_of(target, store_dir=STORE_DIR):
     return None if target is None else StorePath.parse(target, store_dir)
+
+
+def apply(profile, store, state, path=None, elements=None, keep=None, link=None, owner=None,
+          check_mode=False):
+    """Make one change of ``profile`` and report it (a dict for the module to return).
+
+    ``state`` is present (with ``path``, one StorePath, or ``elements``, Elements of an
+    environment), rollback or absent.  ``link`` is a symlink to point at the profile,
+    ``owner`` (uid, gid) the owner of a per-user profile.  In check mode nothing is
+    written, and packages that are not valid yet (a closure still to be realised) are
+    reported as ``pending`` instead of refused.
+    """
+    previous = profile.current_target()
+    environment, pending, valid = None, [], set()
+    if state == 'present':
+        wanted_paths = [element.store_path for element in elements] if elements else [path]
+        valid = store.valid_subset(wanted_paths)
+        pending = [p for p in wanted_paths if p not in valid]
+        if pending and not check_mode:
+            raise StoreError('the store path is not valid in the store: realise it first',
+                             path=', '.join(str(p) for p in pending))
+        if elements and not pending:
+            environment = build_environment(elements, root=profile.root,
+                                            store_dir=profile.store_dir)
+            wanted = str(environment.store_path)
+        else:
+            wanted = None if elements else str(path)
+    elif state == 'rollback':
+        wanted = profile.generations()[profile.previous_generation()]
+    else:
+        wanted = None
+
+    real_link = under_root(profile.root, link) if link else None
+    link_ok = (real_link is None or state == 'absent' and not os.path.lexists(real_link)
+               or state != 'absent' and os.path.islink(real_link)
+               and os.readlink(real_link) == profile.path)
+    too_many = (state == 'present' and keep is not None
+                and len(profile.generations()) - 1 > keep)
+    changed = (wanted != previous or bool(pending) or not link_ok or too_many
+               or (state == 'absent' and bool(profile.generations())))
+
+    if changed and not check_mode:
+        if environment is not None:
+            store.add_nar(environment.info, environment.nar)
+        if state == 'present':
+            profile.switch_to(StorePath.parse(wanted, profile.store_dir), keep=keep)
+        elif state == 'rollback':
+            profile.rollback()
+        else:
+            profile.remove()
+        if real_link:
+            _point_link(profile, link, real_link, state, link_ok)
+        if owner and state != 'absent':
+            _chown_profile(profile, real_link, owner)
+
+    generations = profile.generations()
+    result = dict(changed=changed, profile=profile.path, target=wanted, previous=previous,
+                  generation=profile.current(),
+                  generations=[dict(number=n, path=generations[n]) for n in sorted(generations)],
+                  elements=_elements_report(profile, wanted, elements),
+                  pending=[str(p) for p in pending],
+                  warnings=list(environment.warnings) if environment else [])
+    if wanted != previous or pending:
+        before = _closure(store, previous, None)
+        # with packages still to realise, what is known: the closure of the valid ones
+        after = store.closure(sorted(valid)) if pending else _closure(store, wanted, environment)
+        if not pending:
+            result['closure_diff'] = _closure_diff(store, before, after)
+        result['diff'] = dict(
+            before=_describe(profile, previous, read_manifest(profile.root, previous), before),
+            after=_describe(profile, wanted, elements or None, after, pending))
+    return result
+
+
+def _elements_report(profile, wanted, elements):
+    if elements is None:
+        elements = read_manifest(profile.root, wanted, profile.store_dir)
+    return [element.report(profile.store_dir) for element in elements or []]
+
+
+def _closure(store, target, environment):
+    """The closure of a profile target; for an environment not yet in the store, the
+    environment and the closure of its packages."""
+    if target is None:
+        return set()
+    if environment is not None and not store.is_valid(environment.store_path):
+        return set([environment.store_path]) | store.closure(environment.info.references)
+    return store.closure([StorePath.parse(target, store.store_dir)])
+
+
+def _closure_diff(store, before, after):
+    def size(paths):
+        return sum((store.path_info(path) or {}).get('nar_size') or 0 for path in paths)
+
+    added, removed = sorted(after - before), sorted(before - after)
+    return dict(added=[str(p) for p in added], removed=[str(p) for p in removed],
+                added_bytes=size(added), removed_bytes=size(removed))
+
+
+def _describe(profile, target, elements, closure, pending=()):
+    """A profile state as text, for diff mode."""
+    if target is None and pending:
+        target = '(a new environment, made once its packages are realised)'
+    lines = ['%s -> %s' % (profile.path, target or '(none)')]
+    for element in elements or []:
+        lines.append('package %s%s' % (element.store_path.path(profile.store_dir),
+                                       '' if element.priority == DEFAULT_PRIORITY
+                                       else ' (priority %d)' % element.priority))
+    lines.extend('closure %s' % path.path(profile.store_dir) for path in sorted(closure))
+    lines.extend('to realise %s' % path.path(profile.store_dir) for path in pending)
+    return '\n'.join(lines) + '\n'
+
+
+def _point_link(profile, link, real_link, state, link_ok):
+    if state == 'absent':
+        if os.path.islink(real_link):
+            os.unlink(real_link)
+        return
+    if link_ok:
+        return
+    if os.path.lexists(real_link) and not os.path.islink(real_link):
+        raise StoreError('refusing to replace a file or directory with the profile link',
+                         path=link)
+    _make_dirs(os.path.dirname(real_link))
+    _replace_link(profile.path, real_link)
+
+
+def _chown_profile(profile, real_link, owner):
+    """A per-user profile belongs to its user: its directory and links (never their targets)."""
+    uid, gid = owner[0], owner[1]
+    os.chown(profile.real_directory, uid, gid)
+    names = [profile.name] + [profile.generation_link(n) for n in profile.generations()]
+    for name in names:
+        os.lchown(os.path.join(profile.real_directory, name), uid, gid)
+    if real_link:
+        os.lchown(real_link, uid, gid)
 
 
 def _make_dirs(path):

@@ -4,9 +4,12 @@
 """The file system of an alternate root (``root:``): where its paths really are, and the
 users and groups its ``/etc/passwd`` and ``/etc/group`` define."""
 
+import errno
 import grp
 import os
 import pwd
+
+MAX_LINKS = 40  # symlinks followed in one path before giving up, as Linux does
 
 
 def under_root(root, path):
@@ -14,6 +17,35 @@ def under_root(root, path):
     if not root or root == '/' or not os.path.isabs(path):
         return path
     return os.path.join(root, path.lstrip('/'))
+
+
+def resolve(root, path):
+    """``path`` of the system under ``root`` with every symlink followed, as ``realpath``
+    would resolve it there: absolute link targets stay inside the root.  Returns the path as
+    seen from inside the root; components that do not exist are kept as they are."""
+    pending = [part for part in path.split('/') if part]
+    current = '/'
+    followed = 0
+    while pending:
+        part = pending.pop(0)
+        if part == '.':
+            continue
+        if part == '..':
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)
+        host = under_root(root, candidate)
+        if not os.path.islink(host):
+            current = candidate
+            continue
+        followed += 1
+        if followed > MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        target = os.readlink(host)
+        if target.startswith('/'):
+            current = '/'
+        pending[:0] = [item for item in target.split('/') if item]
+    return current
 
 
 def user_entry(root, name):
@@ -33,9 +65,13 @@ def group_id(root, name):
 
 
 def _entry(root, table, name):
-    with open(under_root(root, table)) as handle:
-        for line in handle:
-            fields = line.rstrip('\n').split(':')
-            if len(fields) > 3 and fields[0] == name:
-                return fields
+    try:
+        with open(under_root(root, table)) as handle:
+            for line in handle:
+                fields = line.rstrip('\n').split(':')
+                if len(fields) > 3 and fields[0] == name:
+                    return fields
+    except (IOError, OSError) as error:
+        raise KeyError('%s: %s cannot be read (%s)' % (name, under_root(root, table),
+                                                       error.strerror))
     raise KeyError('%s is not in %s' % (name, under_root(root, table)))

@@ -15,19 +15,21 @@ which take it exclusively) deletes anything under our feet.
 
 import errno
 import fcntl
+import io
 import os
 import sqlite3
 import threading
 import time
 import uuid
 
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import HashMismatch, StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
+    HashingReader,
     format_base16,
     format_base32,
     parse_hash,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.nar import remove_tree
+from ansible_collections.nixcache.closure.plugins.module_utils.nar import remove_tree, unpack
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import (
     STORE_DIR,
@@ -299,6 +301,31 @@ class LocalStore(object):
                 self._db.execute('rollback')
                 raise StoreError('removing paths from the Nix database failed: %s' % error,
                                  path=self.db_path)
+
+    def add_nar(self, info, data):
+        """Add a path made here (not fetched) from its NAR ``data`` and register it, under
+        its lock; False when it was valid already.  ``info`` as for ``register``."""
+        if self._db is None:
+            raise StoreError('the store was opened without creating its database', path=self.db_path)
+        store_path = info.store_path
+        with self.lock_path(store_path):
+            if self.is_valid(store_path):
+                return False
+            self.remove_invalid(store_path)
+            temp_dir = self.temp_dir_for(store_path)
+            try:
+                hashed = HashingReader(io.BytesIO(data))
+                unpack(hashed, temp_dir)
+                if hashed.digest() != parse_hash(info.nar_hash) or hashed.size != info.nar_size:
+                    raise HashMismatch('the NAR differs from what is to be registered',
+                                       path=str(store_path), expected=info.nar_hash,
+                                       found=format_base32(hashed.digest()))
+                self.commit(temp_dir, store_path)
+            except BaseException:
+                self.discard(temp_dir)
+                raise
+            self.register([info])
+        return True
 
     def register(self, infos):
         """Make complete paths valid: one transaction, references first.

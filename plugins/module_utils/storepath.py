@@ -7,6 +7,7 @@ Parsing is strict on purpose: it is the first defence against a cache or a user
 handing us a path that would land outside the store.
 """
 
+import hashlib
 import re
 
 from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
@@ -107,3 +108,23 @@ def references_first(paths, references_of):
                 stack.pop()
                 ordered.append(path)
     return ordered
+
+
+def make_fixed_output_path(name, nar_digest, references=(), store_dir=STORE_DIR):
+    """The store path Nix gives a content-addressed tree (``FileIngestionMethod::Recursive``
+    and sha256, as ``nix profile`` adds its profiles): ``sha256`` of
+    ``source:<reference>...:sha256:<base16 NAR hash>:<store dir>:<name>``, folded to 20 bytes
+    and written in Nix base32.  ``references`` are StorePaths; Nix lists them sorted.
+    """
+    parts = ['source'] + [ref.path(store_dir) for ref in sorted(set(references))]
+    text = '%s:sha256:%s:%s:%s' % (':'.join(parts), nar_digest.hex(), store_dir.rstrip('/'), name)
+    digest = hashlib.sha256(text.encode('utf-8')).digest()
+    folded = bytearray(20)
+    for index, byte in enumerate(digest):
+        folded[index % 20] ^= byte
+    return StorePath(nixbase32.encode(bytes(folded)), name)
+
+
+def fixed_output_ca(nar_digest):
+    """The ``ca`` field Nix records for such a path: ``fixed:r:sha256:<base32>``."""
+    return 'fixed:r:sha256:' + nixbase32.encode(nar_digest)

@@ -96,6 +96,10 @@ class Substituter(object):
             self._info = parse_cache_info(text or '')
         return self._info
 
+    def read_text(self, relative_url):
+        """Any text file of the cache (``relative_url`` below its URL), or None if missing."""
+        return self._read_text(relative_url, None)
+
     def priority(self):
         try:
             return int(self.cache_info().get('Priority', DEFAULT_PRIORITY))

@@ -58,13 +58,41 @@ options:
     description: Alternate root; O(source) and O(dest) are as seen from inside it.
     type: path
     default: /
+  plan:
+    description:
+      - For check mode, the packages that the profile reached through O(plan.link) is about to
+        hold (as given to M(nixcache.closure.profile) in a task before this one). Sources
+        through that link are then listed from the environment those packages make, so a dry
+        run of a switch shows the links it would make and prune. Ignored outside check mode
+        and while a package is not realised yet.
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      link:
+        description: The profile link that O(source) goes through, such as C(/var/lib/postgresql/.nix-profile).
+        type: path
+        required: true
+      packages:
+        description: Store paths of the packages, as O(nixcache.closure.profile#module:paths) gets them (or its one O(nixcache.closure.profile#module:path)).
+        type: list
+        elements: str
+        required: true
+      priorities:
+        description: Their priorities, as O(nixcache.closure.profile#module:priorities) gets them.
+        type: dict
+        default: {}
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
     support: full
+    details: >-
+      A source that does not exist yet (a profile that an earlier task of the same dry run would
+      make) is reported in RV(pending) instead of failing the task. With O(plan), sources through
+      the profile are listed from the packages it is about to hold.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
+    support: full
+    details: The links created, changed and removed, with their old and new targets.
 '''
 
 EXAMPLES = r'''
@@ -93,112 +121,34 @@ removed:
   returned: always
   type: list
   elements: str
+pending:
+  description: In check mode, sources that do not exist yet, whose entries would be linked once they do.
+  returned: always
+  type: list
+  elements: str
+  version_added: 0.2.0
 '''
-
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
-    group_id,
-    under_root,
-    user_entry,
+from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
+from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
+    build_environment,
+    elements_from,
 )
 
 
-class Mirror(object):
-    def __init__(self, module):
-        params = module.params
-        self.module = module
-        self.root = params['root']
-        self.replace = set(params['replace'])
-        self.uid, self.gid = _owner_ids(self.root, params['owner'], params['group'])
-        self.created, self.removed = [], []
-
-    def real(self, path):
-        """Where ``path`` (inside the root, possibly through links inside the root) really is."""
-        real = under_root(self.root, path)
-        if self.root in ('', '/'):
-            return real
-        # resolve one link at a time so that absolute links stay inside the root
-        parts, seen = path.strip('/').split('/'), 0
-        current = '/'
-        while parts and seen < 64:
-            candidate = os.path.join(current, parts.pop(0))
-            host = under_root(self.root, candidate)
-            if os.path.islink(host):
-                seen += 1
-                target = os.readlink(host)
-                target = target if os.path.isabs(target) else os.path.join(current, target)
-                parts = os.path.normpath(target).strip('/').split('/') + parts
-                current = '/'
-            else:
-                current = candidate
-        return under_root(self.root, current)
-
-    def entries(self, source):
-        try:
-            return sorted(os.listdir(self.real(source)))
-        except OSError as error:
-            self.module.fail_json(msg='cannot list the source %s: %s' % (source, error), path=source)
-
-    def ensure_directory(self, path):
-        host = under_root(self.root, path)
-        if os.path.islink(host):
-            self.module.fail_json(msg='%s is a symlink where a directory of links belongs' % path,
-                                  path=path)
-        if not os.path.isdir(host):
-            self.created.append(path)
-            if not self.module.check_mode:
-                os.makedirs(host, 0o755)
-                self.own(host)
-
-    def ensure_link(self, target, path):
-        host = under_root(self.root, path)
-        if os.path.islink(host):
-            if os.readlink(host) == target:
-                return
-        elif os.path.isdir(host):
-            self.module.fail_json(msg='%s is a directory; not replacing it with a link' % path,
-                                  path=path)
-        elif os.path.lexists(host) and os.path.basename(path) not in self.replace:
-            self.module.fail_json(msg='%s is a file, not a link; list it in replace to replace it'
-                                  % path, path=path)
-        self.created.append(path)
-        if not self.module.check_mode:
-            temporary = host + '.link-tree-tmp'
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
-            os.symlink(target, temporary)
-            self.own(temporary)
-            os.rename(temporary, host)
-
-    def prune(self, source, dest, keep):
-        """Remove links in ``dest`` into ``source`` that are not in ``keep``."""
-        host = under_root(self.root, dest)
-        if not os.path.isdir(host):
-            return
-        for name in sorted(os.listdir(host)):
-            path = os.path.join(dest, name)
-            entry = os.path.join(host, name)
-            if name in keep or not os.path.islink(entry):
-                continue
-            if os.readlink(entry).startswith(source.rstrip('/') + '/'):
-                self.removed.append(path)
-                if not self.module.check_mode:
-                    os.unlink(entry)
-
-    def own(self, host_path):
-        if self.uid is not None or self.gid is not None:
-            os.lchown(host_path, -1 if self.uid is None else self.uid,
-                      -1 if self.gid is None else self.gid)
-
-
-def _owner_ids(root, owner, group):
-    """(uid or None, gid or None) from names or numbers, as the system under ``root`` has them."""
-    uid = None if owner is None else int(owner) if owner.isdigit() else user_entry(root, owner)[0]
-    gid = None if group is None else int(group) if group.isdigit() else group_id(root, group)
-    return uid, gid
+def planned_environment(plan, root):
+    """(profile link, Environment) for check mode, when every planned package is valid."""
+    elements = elements_from(plan['packages'], plan['priorities'])
+    with LocalStore(root=root, create=False) as store:
+        paths = [element.store_path for element in elements]
+        if len(store.valid_subset(paths)) != len(paths):
+            return None  # still to be realised: its sources are reported as pending
+    return plan['link'].rstrip('/'), build_environment(elements, root=root)
 
 
 def main():
@@ -212,33 +162,29 @@ def main():
             owner=dict(type='str'),
             group=dict(type='str'),
             root=dict(type='path', default='/'),
+            plan=dict(type='dict', options=dict(
+                link=dict(type='path', required=True),
+                packages=dict(type='list', elements='str', required=True),
+                priorities=dict(type='dict', default={}),
+            )),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    source, dest = params['source'].rstrip('/'), params['dest'].rstrip('/')
     try:
-        mirror = Mirror(module)
-    except (KeyError, OSError) as error:
-        module.fail_json(msg='cannot resolve owner or group: %s' % error)
-    names = mirror.entries(source)
-    if params['only'] is not None:
-        names = [name for name in names if name in params['only']]
-    mirror.ensure_directory(dest)
-    for name in names:
-        if name in params['directories']:
-            subdir_source, subdir_dest = source + '/' + name, dest + '/' + name
-            mirror.ensure_directory(subdir_dest)
-            inner = mirror.entries(subdir_source)
-            for entry in inner:
-                mirror.ensure_link(subdir_source + '/' + entry, subdir_dest + '/' + entry)
-            mirror.prune(subdir_source, subdir_dest, set(inner))
-        else:
-            mirror.ensure_link(source + '/' + name, dest + '/' + name)
-    if params['only'] is None:
-        mirror.prune(source, dest, set(names))
-    module.exit_json(changed=bool(mirror.created or mirror.removed), created=mirror.created,
-                     removed=mirror.removed)
+        planned = None
+        if module.check_mode and params['plan'] and params['plan']['packages']:
+            planned = planned_environment(params['plan'], params['root'])
+        mirror = Mirror(root=params['root'], owner=params['owner'], group=params['group'],
+                        replace=params['replace'], check_mode=module.check_mode,
+                        planned=planned)
+        mirror.mirror(params['source'], params['dest'], directories=params['directories'],
+                      only=params['only'])
+    except (NixCacheError, OSError) as error:
+        module.fail_json(**failure(error))
+    module.exit_json(changed=bool(mirror.created or mirror.removed or mirror.pending),
+                     created=mirror.created, removed=mirror.removed, pending=mirror.pending,
+                     diff=mirror.diff())
 
 
 if __name__ == '__main__':

@@ -5,15 +5,24 @@
 
 DOCUMENTATION = r'''
 module: profile
-short_description: Point a Nix profile at a store path, with generations and rollback, without Nix
+short_description: Point a Nix profile at a store path or several packages, with generations and rollback, without Nix
 version_added: 0.1.0
 description:
   - Makes a Nix profile (C(/nix/var/nix/profiles/NAME), a per-user profile, or any path) point at
-    a store path the way C(nix-env --set) does, so that a real Nix sees the same generations.
+    a store path the way C(nix-env --set) does (O(path)), or at several packages merged into one
+    environment the way C(nix profile install) makes it (O(paths)), so that a real Nix sees the
+    same generations.
+  - With O(paths), the environment is a content-addressed store path named C(profile) holding the
+    merged symlink tree of the packages and a C(manifest.json) listing each of them, registered
+    with its references and its C(ca) field as Nix registers it. Real C(nix profile list),
+    C(nix profile rollback) and C(nix profile history) work on these generations, and the same
+    packages give the same store path as C(nix profile install) gives them.
   - Each switch adds a numbered generation C(NAME-N-link) and replaces the profile link
     atomically. The generations are garbage-collector roots, so C(nix-collect-garbage) keeps the
     closure of every generation kept.
-  - The store path must already be valid in the store (see M(nixcache.closure.realise)).
+  - The store paths must already be valid in the store (see M(nixcache.closure.realise)). In check
+    mode, paths that are not valid yet are reported in RV(pending) (a run that realises them
+    first would switch), so a dry run of a whole playbook on a fresh host works.
   - On a switch, returns the closure difference between the old and the new target.
 author:
   - nixcache.closure maintainers (@nixcache)
@@ -23,8 +32,30 @@ requirements:
 options:
   path:
     description:
-      - The store path the profile should point at. Required with O(state=present).
+      - The store path the profile should point at, as C(nix-env --set) sets it.
+      - One of O(path) and O(paths) is required with O(state=present).
     type: str
+  paths:
+    description:
+      - Store paths of packages to merge into one environment that the profile points at, as
+        one generation of C(nix profile install) with all of them. The order is the order of
+        the elements of C(manifest.json) (C(nix profile list)).
+      - Where two packages provide the same file, the task fails and names both files, unless
+        O(priorities) says which one wins. A directory provided by several packages becomes a
+        directory of links to the entries of each.
+      - Mutually exclusive with O(path).
+    type: list
+    elements: str
+    version_added: 0.2.0
+  priorities:
+    description:
+      - Priorities of some of O(paths), a store path to a number for each. Lower numbers win a file both
+        packages provide; the default is 5, as in Nix. A priority other than 5 is recorded in
+        C(manifest.json) as newer Nix records it (Nix 2.8 reads the profile but not the
+        priority).
+    type: dict
+    default: {}
+    version_added: 0.2.0
   name:
     description:
       - The profile's name. Without O(user) the profile is C(/nix/var/nix/profiles/NAME); with
@@ -72,7 +103,9 @@ attributes:
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    details: The diff shows the old and the new target of the profile.
+    details: >-
+      The diff shows the old and the new target of the profile, the packages of each and their
+      closures (added and removed store paths).
 seealso:
   - module: nixcache.closure.realise
 '''
@@ -92,6 +125,17 @@ EXAMPLES = r'''
   nixcache.closure.profile:
     user: postgres
     state: rollback
+
+- name: Several packages in one profile, as several nix profile install calls would make it
+  nixcache.closure.profile:
+    user: postgres
+    paths:
+      - "{{ postgres_store_path }}"
+      - /nix/store/3m6ld6a0fkvq1bxr7gqmfd4y8cq9hgb1-pg_prove-3.36
+      - /nix/store/xk1q7n2d8yhlm9rz7v9kb3c8d0q0pxwz-groonga-14.0.5
+    priorities:
+      /nix/store/xk1q7n2d8yhlm9rz7v9kb3c8d0q0pxwz-groonga-14.0.5: 6
+    keep: 2
 
 - name: A system profile
   nixcache.closure.profile:
@@ -122,12 +166,60 @@ generations:
   returned: always
   type: list
   elements: dict
+  contains:
+    number:
+      description: The generation number.
+      type: int
+    path:
+      description: The store path of the generation.
+      type: str
+elements:
+  description: >-
+    The packages of the profile's target: those of O(paths), or those the target's
+    C(manifest.json) lists (empty for a target set with O(path)).
+  returned: always
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  contains:
+    path:
+      description: The store path of the package.
+      type: str
+    priority:
+      description: Its priority (lower wins).
+      type: int
+    active:
+      description: Whether it is linked into the environment.
+      type: bool
+pending:
+  description: >-
+    In check mode, store paths of O(path) or O(paths) that are not valid yet; the new target
+    is then known only once they are realised, and RV(target) is null for O(paths).
+  returned: always
+  type: list
+  elements: str
+  version_added: 0.2.0
 closure_diff:
   description: >-
     When the target changes: store paths C(added) to and C(removed) from the closure, and
     C(added_bytes), C(removed_bytes) (NAR sizes).
   returned: changed
   type: dict
+  contains:
+    added:
+      description: Store paths the new closure adds.
+      type: list
+      elements: str
+    removed:
+      description: Store paths it no longer has.
+      type: list
+      elements: str
+    added_bytes:
+      description: NAR size of the paths added (paths still to be made count as 0).
+      type: int
+    removed_bytes:
+      description: NAR size of the paths removed.
+      type: int
 '''
 
 import os
@@ -139,29 +231,20 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import Nix
 from ansible_collections.nixcache.closure.plugins.module_utils.profiles import (
     PROFILES_DIR,
     Profile,
-    store_path_of,
+    apply,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root, user_entry
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import user_entry
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-
-
-def closure_diff(store, before, after):
-    old = store.closure([before]) if before else set()
-    new = store.closure([after]) if after else set()
-
-    def size(paths):
-        return sum((store.path_info(path) or {}).get('nar_size') or 0 for path in paths)
-
-    added, removed = sorted(new - old), sorted(old - new)
-    return dict(added=[str(p) for p in added], removed=[str(p) for p in removed],
-                added_bytes=size(added), removed_bytes=size(removed))
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import elements_from
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type='str'),
+            paths=dict(type='list', elements='str'),
+            priorities=dict(type='dict', default={}),
             name=dict(type='str', default='profile'),
             user=dict(type='str'),
             profile=dict(type='path'),
@@ -170,16 +253,20 @@ def main():
             keep=dict(type='int', no_log=False),
             root=dict(type='path', default='/'),
         ),
-        required_if=[('state', 'present', ['path'])],
+        mutually_exclusive=[('path', 'paths')],
+        required_if=[('state', 'present', ['path', 'paths'], True)],
         supports_check_mode=True,
     )
     params = module.params
     root, state = params['root'], params['state']
     try:
-        try:
-            owner = user_entry(root, params['user']) if params['user'] else None
-        except KeyError as error:
-            raise StoreError('unknown user: %s' % error.args[0])
+        owner = None
+        if params['user']:
+            try:
+                owner = user_entry(root, params['user'])
+            except KeyError as error:
+                if not module.check_mode:  # a user made earlier in the same check run
+                    raise StoreError('unknown user: %s' % error.args[0])
         if params['profile']:
             profile_path = params['profile']
         elif params['user']:
@@ -187,83 +274,20 @@ def main():
         else:
             profile_path = '%s/%s' % (PROFILES_DIR, params['name'])
         link = params['link'] or (os.path.join(owner[2], '.nix-profile') if owner else None)
+        if params['paths'] is not None and not params['paths'] and state == 'present':
+            raise StoreError('paths is empty: give at least one store path')
+        elements = elements_from(params['paths'], params['priorities']) if params['paths'] else None
+        path = StorePath.parse(params['path']) if params['path'] and state == 'present' else None
         profile = Profile(profile_path, root=root)
         with LocalStore(root=root, create=False) as store:
-            result = apply(module, profile, store, state, params, link, owner)
+            result = apply(profile, store, state, path=path, elements=elements,
+                           keep=params['keep'], link=link, owner=owner,
+                           check_mode=module.check_mode)
     except (NixCacheError, OSError) as error:
         module.fail_json(**failure(error))
+    for warning in result.pop('warnings'):
+        module.warn(warning)
     module.exit_json(**result)
-
-
-def apply(module, profile, store, state, params, link, owner):
-    previous = profile.current_target()
-    wanted = previous
-    if state == 'present':
-        wanted_path = StorePath.parse(params['path'])
-        if not store.is_valid(wanted_path):
-            raise StoreError('the store path is not valid in the store: realise it first',
-                             path=str(wanted_path))
-        wanted = str(wanted_path)
-    elif state == 'rollback':
-        wanted = profile.generations()[profile.previous_generation()]
-    else:
-        wanted = None
-
-    real_link = under_root(profile.root, link) if link else None
-    link_ok = (real_link is None or state == 'absent' and not os.path.lexists(real_link)
-               or state != 'absent' and os.path.islink(real_link)
-               and os.readlink(real_link) == profile.path)
-    too_many = (state == 'present' and params['keep'] is not None
-                and len(profile.generations()) - 1 > params['keep'])
-    changed = wanted != previous or not link_ok or too_many or (
-        state == 'absent' and bool(profile.generations()))
-
-    if changed and not module.check_mode:
-        if state == 'present':
-            profile.switch_to(StorePath.parse(wanted), keep=params['keep'])
-        elif state == 'rollback':
-            profile.rollback()
-        else:
-            profile.remove()
-        if real_link:
-            if state == 'absent':
-                if os.path.islink(real_link):
-                    os.unlink(real_link)
-            elif not link_ok:
-                if os.path.lexists(real_link) and not os.path.islink(real_link):
-                    raise StoreError('refusing to replace a file or directory with the profile link',
-                                     path=link)
-                if not os.path.isdir(os.path.dirname(real_link)):
-                    os.makedirs(os.path.dirname(real_link), 0o755)
-                temporary = real_link + '.tmp-link'
-                if os.path.lexists(temporary):
-                    os.unlink(temporary)
-                os.symlink(profile.path, temporary)
-                os.rename(temporary, real_link)
-        if owner and state != 'absent':
-            chown_profile(profile, real_link, owner)
-
-    generations = profile.generations()
-    result = dict(changed=changed, profile=profile.path, target=wanted, previous=previous,
-                  generation=profile.current(),
-                  generations=[dict(number=n, path=generations[n]) for n in sorted(generations)])
-    if wanted != previous:
-        result['closure_diff'] = closure_diff(store, store_path_of(previous),
-                                              store_path_of(wanted))
-        result['diff'] = dict(before='%s -> %s\n' % (profile.path, previous),
-                              after='%s -> %s\n' % (profile.path, wanted))
-    return result
-
-
-def chown_profile(profile, real_link, owner):
-    """A per-user profile belongs to its user: its directory and links (never their targets)."""
-    uid, gid = owner[0], owner[1]
-    os.chown(profile.real_directory, uid, gid)
-    names = [profile.name] + [profile.generation_link(n) for n in profile.generations()]
-    for name in names:
-        os.lchown(os.path.join(profile.real_directory, name), uid, gid)
-    if real_link:
-        os.lchown(real_link, uid, gid)
 
 
 if __name__ == '__main__':

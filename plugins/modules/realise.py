@@ -87,7 +87,8 @@ attributes:
     details: Fetches the C(.narinfo) files only and returns the plan (paths, download and unpacked sizes).
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
+    support: full
+    details: The store paths fetched (in check mode, to fetch) with their download and unpacked sizes.
 notes:
   - Refuses to start when the free space under the store is less than the unpacked size of the
     paths to fetch.
@@ -214,7 +215,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
 from ansible_collections.nixcache.closure.plugins.module_utils import s3
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
-from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
+from ansible_collections.nixcache.closure.plugins.module_utils.realise import MIB, Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
@@ -262,7 +263,17 @@ def main():
         module.fail_json(**failure(error))
     finally:
         progress.remove()
+    result['diff'] = fetch_diff(result)
     module.exit_json(**result)
+
+
+def fetch_diff(result):
+    """Diff mode: one line a store path added to the store, with its sizes."""
+    added = [entry for entry in result['closure'] if entry['state'] in ('fetched', 'would fetch')]
+    lines = ['%s (%.2f MiB download, %.2f MiB unpacked)'
+             % (entry['path'], (entry['download_size'] or 0) / MIB, (entry['nar_size'] or 0) / MIB)
+             for entry in sorted(added, key=lambda entry: entry['path'])]
+    return dict(before='', after=''.join(line + '\n' for line in lines))
 
 
 if __name__ == '__main__':

@@ -1,8 +1,6 @@
 """Caches as users run them: private HTTP caches, nix.conf defaults, priorities, flaky
 servers beside healthy ones.  Each realised root is judged by real Nix."""
 import os
-import ssl
-import subprocess
 
 import pytest
 
@@ -13,7 +11,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.store import Loca
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
 from nixtest.ansible import run_playbook
-from nixtest.http import CacheServer
+from nixtest.http import CacheServer, make_pki, tls_context
 
 
 def realise(root, paths, **options):
@@ -223,33 +221,15 @@ def test_nothing_is_cached_negatively(caches, small_closure, alt_root, tmp_path)
 
 # TLS: a private CA and client certificates
 
-def openssl(*args):
-    subprocess.run(['openssl'] + list(args), check=True, capture_output=True)
-
-
 @pytest.fixture(scope='module')
 def pki(tmp_path_factory):
     """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp('pki')
-    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=test CA',
-            '-keyout', str(d / 'ca.key'), '-out', str(d / 'ca.pem'))
-    (d / 'server.ext').write_text('subjectAltName = IP:127.0.0.1\n')
-    for name, extra in (('server', ['-extfile', str(d / 'server.ext')]), ('client', [])):
-        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=%s' % name,
-                '-keyout', str(d / (name + '.key')), '-out', str(d / (name + '.csr')))
-        openssl('x509', '-req', '-in', str(d / (name + '.csr')), '-CA', str(d / 'ca.pem'),
-                '-CAkey', str(d / 'ca.key'), '-CAcreateserial', '-days', '2',
-                '-out', str(d / (name + '.pem')), *extra)
-    return d
+    return make_pki(tmp_path_factory.mktemp('pki'))
 
 
 @pytest.fixture(scope='module')
 def tls_cache(caches, pki):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(pki / 'server.pem'), str(pki / 'server.key'))
-    context.load_verify_locations(str(pki / 'ca.pem'))
-    context.verify_mode = ssl.CERT_REQUIRED   # clients must show a certificate of our CA
-    with CacheServer(caches.root, tls=context) as server:
+    with CacheServer(caches.root, tls=tls_context(pki)) as server:   # clients need a certificate
         yield server
 
 

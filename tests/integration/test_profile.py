@@ -127,11 +127,15 @@ def test_real_garbage_collection_keeps_profile_closures(realised_root, caches, s
 
 
 def test_profile_outside_the_profiles_directory_gets_an_indirect_root(realised_root, pg_closure):
-    """As nix-env -p gives it: gcroots/auto/<id> -> the profile (followed by a Nix on the host)."""
+    """As nix-env -p gives them: gcroots/auto/<base32 sha1> -> each generation link."""
     result, made = profile(realised_root, profile='/opt/app/profile', path=pg_closure.top)
     result.assert_ok()
     auto = realised_root / 'nix/var/nix/gcroots/auto'
-    assert [os.readlink(str(auto / name)) for name in os.listdir(str(auto))] == ['/opt/app/profile']
+    assert [os.readlink(str(auto / name)) for name in os.listdir(str(auto))] == ['/opt/app/profile-1-link']
     assert os.readlink(str(realised_root / 'opt/app/profile-1-link')) == pg_closure.top
+    # The name Nix 2.8 gives it (addIndirectRoot): the Nix base32 of the link's SHA-1.
+    expected_name = nix.run(['nix-hash', '--type', 'sha1', '--flat', '--base32', '/dev/stdin'],
+                            input='/opt/app/profile-1-link').stdout.strip()
+    assert os.listdir(str(auto)) == [expected_name]
     profile(realised_root, profile='/opt/app/profile', state='absent')[0].assert_ok()
     assert os.listdir(str(auto)) == []

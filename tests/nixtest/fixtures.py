@@ -6,6 +6,7 @@ Used by ``tests/conftest.py`` (session fixtures), the demo and the benchmark:
     small = fixtures.small_closure()             # tests/fixtures/small.nix
     pg_a = fixtures.pg_closure('a')              # tests/fixtures/postgresql.nix
     pg_b = fixtures.pg_closure('b')              # same Postgres, another top path
+    extra = fixtures.pg_extra()                  # tests/fixtures/pg-extras.nix
     caches = fixtures.caches(keys, [small, pg_a, pg_b])
     caches['xz'].url                             # file:///.../build/fixtures/caches/xz
 
@@ -159,6 +160,15 @@ def pg_closure(variant='a'):
         receipt = json.load(f)
     return PgClosure('postgresql-' + variant, top, paths, infos,
                      receipt['postgresql']['version'], receipt['postgresql']['major'], variant)
+
+
+def pg_extra():
+    """Build ``tests/fixtures/pg-extras.nix``: a second package for the Postgres profile
+    (``bin/pg_prove`` and an extension's files), one store path."""
+    nix.require()
+    top = nix.build('pg-extras.nix')[0]
+    paths, infos = _closure_of(top)
+    return Closure('pg-extra', top, paths, infos)
 
 
 def nix_closure():

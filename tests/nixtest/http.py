@@ -25,7 +25,9 @@ import fnmatch
 import os
 import posixpath
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -362,3 +364,36 @@ class CacheServer:
         if not os.path.isfile(filename):
             return None
         return filename
+
+
+def make_pki(directory):
+    """A private CA (``ca.pem``), a server certificate for 127.0.0.1 (``server.pem``,
+    ``server.key``) and a client certificate (``client.pem``, ``client.key``) in
+    ``directory``, made with openssl."""
+    d = str(directory)
+
+    def openssl(*args):
+        subprocess.run(['openssl'] + list(args), check=True, capture_output=True)
+
+    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=test CA',
+            '-keyout', os.path.join(d, 'ca.key'), '-out', os.path.join(d, 'ca.pem'))
+    with open(os.path.join(d, 'server.ext'), 'w') as f:
+        f.write('subjectAltName = IP:127.0.0.1\n')
+    for name, extra in (('server', ['-extfile', os.path.join(d, 'server.ext')]), ('client', [])):
+        openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=%s' % name,
+                '-keyout', os.path.join(d, name + '.key'), '-out', os.path.join(d, name + '.csr'))
+        openssl('x509', '-req', '-in', os.path.join(d, name + '.csr'),
+                '-CA', os.path.join(d, 'ca.pem'), '-CAkey', os.path.join(d, 'ca.key'),
+                '-CAcreateserial', '-days', '2', '-out', os.path.join(d, name + '.pem'), *extra)
+    return directory
+
+
+def tls_context(pki, client_certificates=True):
+    """A server-side TLS context with the certificate of ``make_pki``; with
+    ``client_certificates``, clients must show one of its CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(str(pki), 'server.pem'), os.path.join(str(pki), 'server.key'))
+    if client_certificates:
+        context.load_verify_locations(os.path.join(str(pki), 'ca.pem'))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

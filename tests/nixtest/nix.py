@@ -320,3 +320,17 @@ def nar_hash(path):
 def dump(path):
     """The NAR serialisation of a file system path (``nix-store --dump``) as bytes."""
     return run(['nix-store', '--dump', str(path)], text=False).stdout
+
+
+def in_namespace(root, script, env=None):
+    """Run ``script`` (sh) in a private mount namespace where ``ROOT/nix`` is mounted over
+    ``/nix``, with a scrubbed environment (``env -i`` plus ``env``): there the store, its
+    database and the profiles are the ones under ``root``, as on a host that has them at
+    /nix, and nothing of the machine's own store can be reached.  Returns the
+    CompletedProcess; needs root and ``unshare``."""
+    wrapped = 'set -eu; mount --bind "$1/nix" /nix; shift; ' + script
+    variables = dict({'PATH': '/usr/bin:/bin'}, **(env or {}))
+    cmd = (['env', '-i'] + ['%s=%s' % kv for kv in sorted(variables.items())]
+           + ['unshare', '--mount', '--propagation', 'private',
+              '/bin/sh', '-c', wrapped, 'sh', str(root)])
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)

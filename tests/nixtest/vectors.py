@@ -44,3 +44,11 @@ BASE32 = [
 ]
 # A sha1 digest (20 bytes) from `nix-hash --type sha1 --to-base32`.
 BASE32_SHA1 = ('0123456789abcdef0123456789abcdef01234567', 'cx2j60ggrnmqjrs54c0yzkdbi5kla8q1')
+
+# A profile made by real `nix profile install` of two packages (Nix 2.8): the NAR hash of
+# its symlink tree, its references and the content-addressed store path and ca it got.
+PROFILE_NAR_HASH16 = 'b5c9bc8883170073310f59808fc3c88e49e3eaa4b263f64a2fc10af415505406'
+PROFILE_REFERENCES = ['/nix/store/hi8589gp90zmkvbmm79awz5fd9hwb59n-pkgb-2.0',
+                      '/nix/store/vxygwb7rm97z1rwphvayz2lvq231zxx6-pkga-1.0']
+PROFILE_PATH = '/nix/store/k8zgvxazvac8q1db3pp9h07y8hvcqsa0-profile'
+PROFILE_CA = 'fixed:r:sha256:01jla0az82n15x5gcqxjlkmf6jcfr31qz02r1wqp600phf4brjdm'

@@ -60,3 +60,17 @@ def test_references_first_survives_a_claimed_cycle():
     a, b = StorePath('1' * 32, 'a'), StorePath('2' * 32, 'b')
     refs = {a: [b], b: [a]}
     assert sorted(references_first([a, b], lambda p: refs[p])) == [a, b]
+
+
+def test_content_addressed_path_as_nix_profile_computes_it():
+    from ansible_collections.nixcache.closure.plugins.module_utils.storepath import (
+        fixed_output_ca,
+        make_fixed_output_path,
+    )
+    from nixtest import vectors
+    digest = bytes.fromhex(vectors.PROFILE_NAR_HASH16)
+    references = [StorePath.parse(p) for p in reversed(vectors.PROFILE_REFERENCES)]
+    assert str(make_fixed_output_path('profile', digest, references)) == vectors.PROFILE_PATH
+    assert fixed_output_ca(digest) == vectors.PROFILE_CA
+    # the references are part of the path: another set gives another path
+    assert str(make_fixed_output_path('profile', digest, references[:1])) != vectors.PROFILE_PATH
