@@ -81,6 +81,7 @@ class _Reader(object):
         self.base = 0            # stream offset of buf[0]
         self.eof = False
         self.max_size = max_size
+        self.received = 0        # bytes the stream has given
         self.names = []          # path of the node being read, for messages
 
     @property
@@ -95,6 +96,8 @@ class _Reader(object):
         raise InvalidNar('invalid NAR: %s at %s (byte %d)' % (message, self.where, self.offset))
 
     def _read_stream(self, size):
+        if self.max_size is not None:   # never ask for more than one byte beyond the size
+            size = max(1, min(size, self.max_size + 1 - self.received))
         try:
             data = self.stream.read(size)
         except Exception as error:
@@ -102,6 +105,9 @@ class _Reader(object):
         if not data:
             self.eof = True
             return b''
+        self.received += len(data)
+        if self.max_size is not None and self.received > self.max_size:
+            self.fail('the stream goes on beyond the NAR size of %d bytes' % self.max_size)
         return data if isinstance(data, bytes) else bytes(data)
 
     def ensure(self, size):

@@ -12,7 +12,6 @@ the store or absent.
 """
 
 import concurrent.futures
-import contextlib
 import time
 
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo, plan_closure
@@ -86,53 +85,80 @@ class Realiser(object):
         return self._report(plan, fetched, check_mode, time.time() - started)
 
     def _fetch_and_commit(self, plan):
-        """Fetch every planned path; register the lot; return path -> bytes downloaded."""
-        downloaded = {}
-        committed = []
-        with contextlib.ExitStack() as locks:
+        """Fetch every planned path; return path -> bytes downloaded.
+
+        As in Nix, a path is started only once its references are valid, and it is
+        registered as soon as it is in place, under its own lock, which is released
+        right after.  A run thus never holds one lock while waiting for another (two
+        runs with overlapping closures cannot deadlock), holds at most ``jobs`` locks,
+        and whatever is valid after a failure is a closed set.
+        """
+        items = dict((item.store_path, item) for item in plan.to_fetch)
+        waiting = dict((path, set(ref for ref in item.references if ref in items))
+                       for path, item in items.items())
+        dependents = {}
+        for path, refs in waiting.items():
+            for ref in refs:
+                dependents.setdefault(ref, []).append(path)
+        downloaded, used, failures = {}, [], []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            running = {}
+
+            def start(path):
+                running[pool.submit(self._fetch_one, items[path])] = path
+
+            for item in plan.to_fetch:   # references first
+                if not waiting[item.store_path]:
+                    start(item.store_path)
             try:
-                with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                    futures = [pool.submit(self._fetch_one, item, locks) for item in plan.to_fetch]
-                    try:
-                        for future in concurrent.futures.as_completed(futures):
+                while running:
+                    done, _pending = concurrent.futures.wait(
+                        list(running), return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        path = running.pop(future)
+                        try:
                             result = future.result()
-                            if result is not None:
-                                used, count = result
-                                downloaded[used.store_path] = count
-                                committed.append(used)
-                    except BaseException:
-                        for future in futures:
-                            future.cancel()
-                        # the ones already running finish (or fail) on their own
-                        for future in futures:
-                            if not future.cancelled():
-                                try:
-                                    result = future.result()
-                                    if result is not None and result[0] not in committed:
-                                        committed.append(result[0])
-                                except Exception:
-                                    pass
-                        raise
-                plan.use(committed)
-                if self.register:
-                    self.store.register([item.narinfo for item in plan.to_fetch
-                                         if item.store_path in downloaded])
+                        except Exception as error:
+                            failures.append(error)
+                            continue
+                        if result is not None:
+                            used.append(result[0])
+                            downloaded[path] = result[1]
+                        for dependent in dependents.get(path, ()):
+                            waiting[dependent].discard(path)
+                            if not waiting[dependent] and not failures:
+                                start(dependent)
             except BaseException:
-                self._keep_closed_subset(committed)
+                for future in running:
+                    future.cancel()
                 raise
+        plan.use(used)
+        if failures:
+            raise failures[0]
         return downloaded
 
-    def _fetch_one(self, item, locks):
-        """Fetch, verify and commit one path under its lock.
+    def _fetch_one(self, item):
+        """Fetch, verify, commit and register one path under its lock.
 
         Returns (the PlannedPath actually used, bytes downloaded), or None if the path
         became valid meanwhile.  When its cache stops answering, another cache that has
         a trustworthy copy serves the path instead.
         """
         store_path = item.store_path
-        locks.enter_context(self.store.lock_path(store_path))
-        if self.store.exists(store_path) and self.present([store_path]):
-            return None
+        with self.store.lock_path(store_path):
+            if self.store.exists(store_path) and self.present([store_path]):
+                return None
+            used, count = self._download_with_failover(item)
+            if self.register:
+                try:
+                    self.store.register([used.narinfo])
+                except BaseException:
+                    self.store.discard(self.store.real_path(store_path))
+                    raise
+            return used, count
+
+    def _download_with_failover(self, item):
+        store_path = item.store_path
         failures, tried = [], []
         while True:
             try:
@@ -160,7 +186,7 @@ class Realiser(object):
             try:
                 counted = CountingReader(raw)
                 hashed = HashingReader(open_decompressed(item.narinfo.compression, counted))
-                nar.unpack(hashed, temp_dir)
+                nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
             finally:
                 raw.close()
             if hashed.size != item.narinfo.nar_size:
@@ -181,27 +207,6 @@ class Realiser(object):
             self.store.discard(temp_dir)
             raise
         return counted.count
-
-    def _keep_closed_subset(self, committed):
-        """After a failure: register what is complete with its references, delete the rest."""
-        done = dict((item.store_path, item) for item in committed)
-        keep = set(done)
-        changed = True
-        while changed:  # drop paths with a reference that is neither valid nor kept
-            changed = False
-            for path in list(keep):
-                missing = [ref for ref in done[path].references
-                           if ref not in keep and not self.present([ref])]
-                if missing:
-                    keep.discard(path)
-                    changed = True
-        try:
-            if self.register and keep:
-                self.store.register([item.narinfo for item in committed if item.store_path in keep])
-        except NixCacheError:
-            keep = set()
-        for path in set(done) - keep:
-            self.store.discard(self.store.real_path(path))
 
     def _report(self, plan, downloaded, check_mode, seconds):
         fetched = [item for item in plan.to_fetch if item.store_path in downloaded]

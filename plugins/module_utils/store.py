@@ -11,7 +11,6 @@ through ``register``, after its contents are complete on disk and its references
 valid: the store invariant Nix relies on.
 """
 
-import errno
 import fcntl
 import os
 import sqlite3
@@ -19,7 +18,7 @@ import threading
 import time
 import uuid
 
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError, file_errors
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     format_base16,
     format_base32,
@@ -107,13 +106,15 @@ class LocalStore(object):
 
     def open(self):
         if self.create:
-            self._create_layout()
+            with file_errors('cannot prepare the store', self.root):
+                self._create_layout()
         elif not os.path.exists(self.db_path):
             return  # an empty store: nothing is valid, nothing to lock
         self._check_schema()
-        self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
-                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._big_lock, fcntl.LOCK_SH)
+        with file_errors('cannot take the Nix database lock', self.db_dir):
+            self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
+                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._big_lock, fcntl.LOCK_SH)
         try:
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
                                        check_same_thread=False)
@@ -137,7 +138,7 @@ class LocalStore(object):
         for directory in ('db', 'gcroots', 'profiles', 'temproots'):
             os.makedirs(os.path.join(self.state_dir, directory), exist_ok=True)
         if not os.path.isdir(self.real_store_dir):
-            os.makedirs(self.real_store_dir)
+            os.makedirs(self.real_store_dir, exist_ok=True)  # another run may be at it too
             os.chmod(self.real_store_dir, 0o1775)  # as Nix creates it
         schema_file = os.path.join(self.db_dir, 'schema')
         if not os.path.exists(self.db_path) and not os.path.exists(schema_file):
@@ -168,7 +169,8 @@ class LocalStore(object):
         directory = self.real_store_dir
         while not os.path.exists(directory):
             directory = os.path.dirname(directory)
-        stats = os.statvfs(directory)
+        with file_errors('cannot read the free space', directory):
+            stats = os.statvfs(directory)
         return stats.f_bavail * stats.f_frsize
 
     def temp_dir_for(self, store_path):
@@ -181,7 +183,8 @@ class LocalStore(object):
         final = self.real_path(store_path)
         if os.path.lexists(final):
             raise StoreError('the store path already exists on disk', path=str(store_path))
-        os.rename(temp_dir, final)
+        with file_errors('cannot move the unpacked path into place', final):
+            os.rename(temp_dir, final)
 
     def discard(self, path):
         """Delete a tree inside the store, even a read-only one; refuse anything else."""
@@ -189,7 +192,7 @@ class LocalStore(object):
         if not inside or os.path.basename(path) in ('', '.', '..'):
             raise StoreError('refusing to delete outside the store', path=path,
                              expected='an entry of %s' % self.real_store_dir)
-        if os.path.lexists(path):
+        with file_errors('cannot delete', path):
             remove_tree(path)
 
     def remove_invalid(self, store_path):
@@ -200,7 +203,9 @@ class LocalStore(object):
         if os.path.lexists(self.real_path(store_path)) and not self.is_valid(store_path):
             self.discard(self.real_path(store_path))
         suffix = '-' + store_path.base
-        for name in os.listdir(self.real_store_dir):
+        with file_errors('cannot list the store', self.real_store_dir):
+            names = os.listdir(self.real_store_dir)
+        for name in names:
             if name.startswith(TEMP_PREFIX) and name.endswith(suffix):
                 self.discard(os.path.join(self.real_store_dir, name))
 
@@ -322,23 +327,34 @@ class _PathLock(object):
         self._fd = None
 
     def __enter__(self):
-        while True:
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_size == 0:
-                self._fd = fd
-                return self
-            os.close(fd)  # stale: its owner deleted it; take a new one
+        with file_errors('cannot lock', self.lock_file):
+            while True:
+                fd = os.open(self.lock_file, _LOCK_FLAGS, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    fresh = os.fstat(fd).st_size == 0
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if fresh:
+                    self._fd = fd
+                    return self
+                os.close(fd)  # stale: its owner deleted it; take a new one
 
     def __exit__(self, *exc_info):
         try:
-            os.unlink(self.lock_file)
-        except OSError as error:
-            if error.errno != errno.ENOENT:
-                raise
-        os.write(self._fd, b'd')
-        os.close(self._fd)
-        self._fd = None
+            with file_errors('cannot release the lock', self.lock_file):
+                try:
+                    os.unlink(self.lock_file)
+                except FileNotFoundError:
+                    pass
+                os.write(self._fd, b'd')
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _deriver_path(deriver, store_dir):

@@ -237,7 +237,7 @@ def main():
                                if entry['state'] == 'fetched')
                 result['receipts'] = write_receipts(store, requested, sources, root=params['root'])
                 result['changed'] = result['changed'] or bool(result['receipts'])
-    except NixCacheError as error:
+    except (NixCacheError, OSError) as error:
         module.fail_json(**failure(error))
     module.exit_json(**result)
 
