@@ -91,6 +91,7 @@ class LocalStore(object):
         self.state_dir = under_root(root, '/nix/var/nix')
         self.db_dir = os.path.join(self.state_dir, 'db')
         self.db_path = os.path.join(self.db_dir, 'db.sqlite')
+        self._schema_file = os.path.join(self.db_dir, 'schema')
         self._db = None
         self._db_lock = threading.Lock()
         self._big_lock = None
@@ -110,21 +111,40 @@ class LocalStore(object):
                 self._create_layout()
         elif not os.path.exists(self.db_path):
             return  # an empty store: nothing is valid, nothing to lock
-        self._check_schema()
         with file_errors('cannot take the Nix database lock', self.db_dir):
             self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
                                      os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._big_lock, fcntl.LOCK_SH)
         try:
+            if self.create and not os.path.exists(self._schema_file):
+                self._create_database()
+            self._check_schema()
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute('pragma foreign_keys = on')
-            if self.create:
-                self._db.execute('pragma journal_mode = wal')
-                self._db.executescript(SCHEMA_SQL)
         except sqlite3.Error as error:
             self.close()
             raise StoreError('cannot open the Nix database: %s' % error, path=self.db_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_database(self):
+        """A new store's database, under the exclusive big lock as Nix creates it: the
+        schema file is written last, so no one sees a schema without its tables."""
+        with file_errors('cannot create the Nix database', self.db_dir):
+            fcntl.flock(self._big_lock, fcntl.LOCK_EX)
+            try:
+                if not os.path.exists(self._schema_file):
+                    db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+                    try:
+                        db.execute('pragma journal_mode = wal')
+                        db.executescript(SCHEMA_SQL)
+                    finally:
+                        db.close()
+                    _write_file(self._schema_file, SCHEMA_VERSION.encode('ascii'), 0o644)
+            finally:
+                fcntl.flock(self._big_lock, fcntl.LOCK_SH)
 
     def close(self):
         if self._db is not None:
@@ -140,13 +160,10 @@ class LocalStore(object):
         if not os.path.isdir(self.real_store_dir):
             os.makedirs(self.real_store_dir, exist_ok=True)  # another run may be at it too
             os.chmod(self.real_store_dir, 0o1775)  # as Nix creates it
-        schema_file = os.path.join(self.db_dir, 'schema')
-        if not os.path.exists(self.db_path) and not os.path.exists(schema_file):
-            _write_file(schema_file, SCHEMA_VERSION.encode('ascii'), 0o644)
         _reserve_space(os.path.join(self.db_dir, 'reserved'))
 
     def _check_schema(self):
-        schema_file = os.path.join(self.db_dir, 'schema')
+        schema_file = self._schema_file
         try:
             with open(schema_file) as handle:
                 found = handle.read().strip()
