@@ -182,7 +182,7 @@ class Realiser(object):
         self.store.remove_invalid(store_path)
         temp_dir = self.store.temp_dir_for(store_path)
         try:
-            raw = item.cache.open_nar(item.narinfo.url, store_path)
+            raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
             try:
                 counted = CountingReader(raw)
                 hashed = HashingReader(open_decompressed(item.narinfo.compression, counted))

@@ -15,6 +15,7 @@ import netrc
 import os
 import random
 import socket
+import threading
 import time
 
 from ansible.module_utils.six.moves.urllib.parse import urlparse, unquote
@@ -39,10 +40,21 @@ from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 # anonymous readers of a missing key, and Nix treats both the same way.
 MISSING_STATUSES = (403, 404)
 DEFAULT_PRIORITY = 50
+# The longest .narinfo or nix-cache-info accepted: real ones are well under 4 KiB.
+TEXT_LIMIT = 1 << 20
+
+
+# A NAR download attempt may last ``timeout`` plus NarSize at this many bytes a second.
+NAR_MIN_RATE = 256 * 1024
 
 
 class CacheOptions(object):
-    """How to talk to caches: time-outs, retries and HTTP client settings."""
+    """How to talk to caches: time-outs, retries and HTTP client settings.
+
+    ``timeout`` bounds one request attempt in total, from connecting to the last byte:
+    a server that drips or stalls cannot hold it longer.  A NAR download attempt also
+    gets NarSize / ``NAR_MIN_RATE`` seconds on top.
+    """
 
     def __init__(self, timeout=30, retries=3, validate_certs=True, backoff=0.5, http=None, aws=None):
         self.timeout = timeout
@@ -77,16 +89,19 @@ class Substituter(object):
             return None
         return NarInfo.parse(text, store_dir=self.store_dir, source=self.url)
 
-    def open_nar(self, relative_url, store_path=None):
+    def open_nar(self, relative_url, store_path=None, nar_size=None):
         """A readable stream of the file a narinfo's URL names (still compressed).
 
-        A connection that breaks off mid-file is reopened where it stopped (see
-        ResumingStream), up to ``retries`` times.
+        A connection that breaks off mid-file, or an attempt that outlasts its deadline
+        (``timeout`` plus ``nar_size`` at NAR_MIN_RATE), is reopened where it stopped
+        (see ResumingStream), up to ``retries`` times.
         """
-        return ResumingStream(self, relative_url, store_path)
+        return ResumingStream(self, relative_url, store_path, nar_size)
 
-    def open_at(self, relative_url, offset):
-        """(stream, position): the file from ``offset`` when the cache can, else from 0."""
+    def open_at(self, relative_url, offset, seconds=None):
+        """(stream, position): the file from ``offset`` when the cache can, else from 0.
+
+        ``seconds`` bounds the whole attempt, where the transport allows (HTTP)."""
         return self._open(relative_url), 0
 
     def cache_info(self):
@@ -103,9 +118,12 @@ class Substituter(object):
             return DEFAULT_PRIORITY
 
     def _read_text(self, relative_url, store_path):
-        data = self._with_retries(lambda: self._read(relative_url), relative_url, store_path)
+        data = self._with_retries(lambda: self._read(relative_url, TEXT_LIMIT), relative_url,
+                                  store_path)
         if data is None:
             return None
+        if len(data) > TEXT_LIMIT:
+            raise self._too_large(relative_url, store_path)
         try:
             return data.decode('utf-8')
         except UnicodeDecodeError:
@@ -131,7 +149,14 @@ class Substituter(object):
                 time.sleep(self.options.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
                 attempt += 1
 
-    def _read(self, relative_url):
+    def _too_large(self, relative_url, store_path, size=None):
+        return CacheUnavailable('the cache answered %s with more than %d bytes: refused'
+                                % (relative_url, TEXT_LIMIT), path=_path_str(store_path),
+                                cache=self.url, expected='at most %d bytes' % TEXT_LIMIT,
+                                found='%d bytes' % size if size is not None else None)
+
+    def _read(self, relative_url, limit):
+        """The file's bytes, read up to ``limit + 1`` bytes at most; None if missing."""
         raise NotImplementedError
 
     def _open(self, relative_url):
@@ -149,16 +174,16 @@ class FileSubstituter(Substituter):
         # narinfo URLs are checked to be relative and free of '..' when parsed
         return os.path.join(self.directory, *relative_url.split('/'))
 
-    def _read(self, relative_url):
+    def _read(self, relative_url, limit):
         try:
             with open(self._local_path(relative_url), 'rb') as handle:
-                return handle.read()
+                return read_at_most(handle, limit)
         except (IOError, OSError) as error:
             if error.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
             raise
 
-    def open_at(self, relative_url, offset):
+    def open_at(self, relative_url, offset, seconds=None):
         stream = self._open(relative_url)
         stream.seek(offset)
         return stream, offset
@@ -222,15 +247,18 @@ class HttpSubstituter(Substituter):
                                          client_key=http.get('client_key'))
         return self._context
 
-    def _request(self, relative_url, headers=None):
+    def _request(self, relative_url, headers=None, deadline=None):
+        """The response to a GET, read through a Deadline (by default ``timeout`` from now)."""
         args = dict(self._request_args)
         if headers:
             args['headers'] = dict(args.get('headers') or {}, **headers)
+        deadline = deadline or Deadline(self.options.timeout)
+        context = self._tls_context()
         try:
-            return Request().open('GET', '%s/%s' % (self.url, relative_url),
-                                  timeout=self.options.timeout,
-                                  validate_certs=self.options.validate_certs,
-                                  context=self._tls_context(), **args)
+            response = deadline.call(lambda: Request().open(
+                'GET', '%s/%s' % (self.url, relative_url), timeout=self.options.timeout,
+                validate_certs=self.options.validate_certs, context=context, **args))
+            return DeadlineReader(response, deadline, self.options.timeout)
         except HTTPError as error:
             if error.code in (401, 407):
                 raise CacheUnavailable('the cache refused the credentials (HTTP %d %s); tried: %s'
@@ -238,7 +266,7 @@ class HttpSubstituter(Substituter):
                                        cache=self.url)
             raise
 
-    def _read(self, relative_url):
+    def _read(self, relative_url, limit):
         try:
             response = self._request(relative_url)
         except HTTPError as error:
@@ -246,23 +274,27 @@ class HttpSubstituter(Substituter):
                 return None
             raise
         try:
-            return response.read()
+            declared = _content_length(response)
+            if declared is not None and declared > limit:   # refused before it is read
+                raise self._too_large(relative_url, None, declared)
+            return read_at_most(response, limit)
         finally:
             response.close()
 
-    def _open(self, relative_url, headers=None):
+    def _open(self, relative_url, headers=None, deadline=None):
         try:
-            return self._request(relative_url, headers)
+            return self._request(relative_url, headers, deadline)
         except HTTPError as error:
             if error.code in MISSING_STATUSES:
                 raise CacheUnavailable('the cache lists %s but answers HTTP %d for it'
                                        % (relative_url, error.code), cache=self.url)
             raise
 
-    def open_at(self, relative_url, offset):
+    def open_at(self, relative_url, offset, seconds=None):
+        deadline = Deadline(seconds or self.options.timeout)
         if not offset:
-            return self._open(relative_url), 0
-        response = self._open(relative_url, {'Range': 'bytes=%d-' % offset})
+            return self._open(relative_url, deadline=deadline), 0
+        response = self._open(relative_url, {'Range': 'bytes=%d-' % offset}, deadline)
         status = getattr(response, 'status', None) or response.getcode()
         content_range = response.headers.get('Content-Range') or ''
         if status == 206 and content_range.startswith('bytes %d-' % offset):
@@ -280,15 +312,23 @@ class ResumingStream(object):
 
     SKIP_CHUNK = 1 << 18
 
-    def __init__(self, substituter, relative_url, store_path=None):
+    def __init__(self, substituter, relative_url, store_path=None, nar_size=None):
         self._cache = substituter
         self._url = relative_url
         self._store_path = store_path
+        self._nar_size = nar_size
         self._offset = 0
         self._resumed = 0
-        self._stream = substituter._with_retries(lambda: substituter.open_at(relative_url, 0)[0],
-                                                 relative_url, store_path)
+        self._stream = substituter._with_retries(
+            lambda: substituter.open_at(relative_url, 0, self._seconds())[0],
+            relative_url, store_path)
         self._length = _content_length(self._stream)
+
+    def _seconds(self):
+        """How long the next attempt may last: the time-out, plus the rest of the NAR
+        at the slowest rate we wait for."""
+        rest = max(0, (self._nar_size or 0) - self._offset)
+        return self._cache.options.timeout + float(rest) / NAR_MIN_RATE
 
     def read(self, size=-1):
         while True:
@@ -317,7 +357,8 @@ class ResumingStream(object):
         self.close()
         time.sleep(options.backoff * (2 ** (self._resumed - 1)) * random.uniform(0.5, 1.5))
         stream, position = self._cache._with_retries(
-            lambda: self._cache.open_at(self._url, self._offset), self._url, self._store_path)
+            lambda: self._cache.open_at(self._url, self._offset, self._seconds()),
+            self._url, self._store_path)
         while position < self._offset:  # no range support: skip what was read already
             skipped = stream.read(min(self.SKIP_CHUNK, self._offset - position))
             if not skipped:
@@ -333,6 +374,114 @@ class ResumingStream(object):
                 self._stream.close()
             except Exception:  # a broken connection may fail to close; it is dropped anyway
                 pass
+
+
+class Deadline(object):
+    """The end of one request attempt, ``seconds`` from now."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        """Seconds left; raises socket.timeout (a transient error) once none are."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise socket.timeout('no complete answer within %g s' % self.seconds)
+        return left
+
+    def call(self, action):
+        """``action()`` (connect, send, read the headers), given up at the deadline.
+
+        It runs in a helper thread that closes whatever it opened if it ends too late:
+        a server that drips its headers cannot hold us.
+        """
+        helper = _Helper(action)
+        thread = threading.Thread(target=helper.run, name='nixcache-request')
+        thread.daemon = True
+        thread.start()
+        if not helper.done.wait(self.left()):
+            with helper.lock:
+                if not helper.done.is_set():
+                    helper.abandoned = True
+                    raise socket.timeout('no answer within %g s' % self.seconds)
+        if helper.error is not None:
+            raise helper.error
+        return helper.value
+
+
+class _Helper(object):
+    def __init__(self, action):
+        self.action = action
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.abandoned = False
+        self.value = self.error = None
+
+    def run(self):
+        value = error = None
+        try:
+            value = self.action()
+        except BaseException as caught:  # handed to the waiting thread
+            error = caught
+        with self.lock:
+            if not self.abandoned:
+                self.value, self.error = value, error
+                self.done.set()
+                return
+        if value is not None:
+            try:
+                value.close()
+            except Exception:
+                pass
+
+
+class DeadlineReader(object):
+    """An HTTP response whose reads end at a Deadline, however slowly bytes arrive.
+
+    Each read asks the socket for one chunk (``read1``) with the time left as its
+    time-out, so a server sending a byte a second is cut off at the deadline.
+    """
+
+    def __init__(self, response, deadline, read_timeout):
+        self._response = response
+        self._deadline = deadline
+        self._read_timeout = read_timeout
+        self._socket = _socket_of(response)
+        self.headers = getattr(response, 'headers', None)
+        self.status = getattr(response, 'status', None)
+
+    def getcode(self):
+        return self._response.getcode()
+
+    def read(self, size=-1):
+        left = self._deadline.left()
+        if self._socket is not None:
+            self._socket.settimeout(min(left, self._read_timeout))
+        if size is None or size < 0:
+            size = 1 << 18
+        read1 = getattr(self._response, 'read1', None)
+        return read1(size) if read1 is not None else self._response.read(size)
+
+    def close(self):
+        self._response.close()
+
+
+def _socket_of(response):
+    raw = getattr(getattr(response, 'fp', None), 'raw', None)
+    return getattr(raw, '_sock', None)
+
+
+def read_at_most(stream, limit):
+    """Read ``stream`` to its end, but no more than ``limit + 1`` bytes."""
+    parts, size = [], 0
+    while size <= limit:
+        data = stream.read(limit + 1 - size)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b''.join(parts)
 
 
 def _content_length(stream):
