@@ -135,7 +135,9 @@ class Substituter(object):
         while True:
             try:
                 return action()
-            except NixCacheError:
+            except NixCacheError as error:
+                error.path = error.path or _path_str(store_path)
+                error.cache = error.cache or self.url
                 raise
             except Exception as error:  # network errors come in many types
                 if not _is_transient(error) or attempt >= self.options.retries:

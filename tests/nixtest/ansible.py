@@ -155,7 +155,7 @@ class PlaybookResult:
 
 def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=None, diff=False,
                  limit=None, tags=None, args=(), interpreter=None, verbosity=0, timeout=1800,
-                 workdir=None, keep=False):
+                 workdir=None, keep=False, prefix=()):
     """Run a playbook and return a PlaybookResult.
 
     ``playbook``: YAML text (or a list of plays, written as JSON).  ``inventory``: INI
@@ -164,7 +164,8 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
     variables (override ours).  ``interpreter``: the default Python of managed hosts
     that do not set ``ansible_python_interpreter`` (default: the running Python).
     ``workdir``: where to put the run's files (default: a new temporary directory,
-    removed after a successful run unless ``keep``).
+    removed after a successful run unless ``keep``).  ``prefix``: a command that runs
+    ``ansible-playbook`` (e.g. ``['prlimit', '--nofile=256', '--']``).
     """
     own_workdir = workdir is None
     workdir = tempfile.mkdtemp(prefix='nixtest-ansible-') if own_workdir else str(workdir)
@@ -189,7 +190,7 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
     if os.path.exists(results_file):
         os.unlink(results_file)
 
-    command = [ansible_bin(), '-i', inventory_file, playbook_file]
+    command = list(prefix) + [ansible_bin(), '-i', inventory_file, playbook_file]
     if extra_vars:
         vars_file = os.path.join(workdir, 'extra_vars.json')
         with open(vars_file, 'w') as f:
