@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 
-from ansible.module_utils.six.moves.urllib.parse import urlparse, unquote
+from ansible.module_utils.six.moves.urllib.parse import urlparse, urlunparse, unquote
 from ansible.module_utils.urls import Request
 
 try:  # ansible-core 2.14 and later: one TLS context for every request to a cache
@@ -40,6 +40,7 @@ from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 # anonymous readers of a missing key, and Nix treats both the same way.
 MISSING_STATUSES = (403, 404)
 DEFAULT_PRIORITY = 50
+MASK = '********'   # stands for a password in every URL we show
 # The longest .narinfo or nix-cache-info accepted: real ones are well under 4 KiB.
 TEXT_LIMIT = 1 << 20
 
@@ -72,7 +73,8 @@ class Substituter(object):
     """A binary cache.  Subclasses implement ``_read`` and ``_open``."""
 
     def __init__(self, url, options=None, store_dir=STORE_DIR):
-        self.url = url.rstrip('/')
+        # what results, receipts and messages show: never the password
+        self.url = redact_url(url.rstrip('/'))
         self.options = options or CacheOptions()
         self.store_dir = store_dir
         self._info = None
@@ -212,11 +214,17 @@ class HttpSubstituter(Substituter):
     def __init__(self, url, options=None, store_dir=STORE_DIR):
         super(HttpSubstituter, self).__init__(url, options, store_dir)
         self._context = None
-        self._request_args, self.credentials = self._authentication()
+        self._address, user, password = split_credentials(url.rstrip('/'))
+        self._request_args, self.credentials = self._authentication(user, password)
 
-    def _authentication(self):
-        """(keyword arguments for Request.open, a description of the credentials: no secrets)."""
+    def _authentication(self, url_user=None, url_password=None):
+        """(keyword arguments for Request.open, a description of the credentials: no secrets).
+
+        ``user:password@`` in the cache URL counts as url_username/url_password unless
+        those options are set."""
         http = dict(self.options.http)
+        if url_user is not None and not http.get('url_username') and not http.get('bearer_token'):
+            http.update(url_username=url_user, url_password=url_password or '')
         netrc_file = http.pop('netrc_file', None)
         token = http.pop('bearer_token', None)
         for tls_option in ('ca_path', 'client_cert', 'client_key'):  # in the TLS context
@@ -258,7 +266,7 @@ class HttpSubstituter(Substituter):
         context = self._tls_context()
         try:
             response = deadline.call(lambda: Request().open(
-                'GET', '%s/%s' % (self.url, relative_url), timeout=self.options.timeout,
+                'GET', '%s/%s' % (self._address, relative_url), timeout=self.options.timeout,
                 validate_certs=self.options.validate_certs, context=context, **args))
             return DeadlineReader(response, deadline, self.options.timeout)
         except HTTPError as error:
@@ -503,6 +511,39 @@ SCHEMES = {
 }
 
 
+def split_credentials(url):
+    """(``url`` without ``user:password@``, user, password); user is None without any."""
+    parsed = urlparse(url)
+    userinfo, at, host = parsed.netloc.rpartition('@')
+    if not at:
+        return url, None, None
+    user, _sep, password = userinfo.partition(':')
+    return urlunparse(parsed._replace(netloc=host)), unquote(user), unquote(password)
+
+
+def redact_url(url):
+    """``url`` with its password masked; a lone user part (often a token) is masked too."""
+    parsed = urlparse(url)
+    userinfo, at, host = parsed.netloc.rpartition('@')
+    if not at:
+        return url
+    user, sep, _password = userinfo.partition(':')
+    shown = '%s:%s' % (user, MASK) if sep else MASK
+    return urlunparse(parsed._replace(netloc='%s@%s' % (shown, host)))
+
+
+def url_secrets(urls):
+    """The passwords (and lone user parts) in cache URLs, for Ansible's no_log values."""
+    secrets = set()
+    for url in urls:
+        _address, user, password = split_credentials(url)
+        if password:
+            secrets.add(password)
+        elif user:
+            secrets.add(user)
+    return secrets
+
+
 def make_substituter(url, options=None, store_dir=STORE_DIR):
     """The Substituter for a cache URL; an unknown scheme is a clear error."""
     scheme = urlparse(url).scheme
@@ -511,7 +552,8 @@ def make_substituter(url, options=None, store_dir=STORE_DIR):
         return S3Substituter(url, options, store_dir)
     if scheme not in SCHEMES:
         raise CacheUnavailable('unsupported cache URL scheme %r (supported: %s)'
-                               % (scheme, ', '.join(sorted(SCHEMES) + ['s3'])), cache=url)
+                               % (scheme, ', '.join(sorted(SCHEMES) + ['s3'])),
+                               cache=redact_url(url))
     return SCHEMES[scheme](url, options, store_dir)
 
 

@@ -201,6 +201,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import Re
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.substituters import url_secrets
 
 
 def main():
@@ -215,6 +216,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    # a password in a cache URL is masked in everything the module returns
+    module.no_log_values.update(url_secrets(params['substituters']))
     try:
         requested = parse_store_paths(params['paths'])
         if requested:
