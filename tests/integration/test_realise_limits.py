@@ -98,24 +98,21 @@ def zeros_file_node(size):
 
 def one_huge_file():
     yield nar_string(b'nix-archive-1')
-    for piece in zeros_file_node(1 << 30):
-        yield piece
+    yield from zeros_file_node(1 << 30)
 
 
 def many_small_files():
     yield nar_tokens(b'nix-archive-1', b'(', b'type', b'directory')
     for index in range(16384):   # 16384 files of 64 KiB: 1 GiB
         yield nar_tokens(b'entry', b'(', b'name', b'f%05d' % index, b'node')
-        for piece in zeros_file_node(64 * 1024):
-            yield piece
+        yield from zeros_file_node(64 * 1024)
         yield nar_string(b')')
     yield nar_string(b')')
 
 
 def small_nar_then_zeros():
     yield nar_string(b'nix-archive-1')
-    for piece in zeros_file_node(4096 - 128):
-        yield piece
+    yield from zeros_file_node(4096 - 128)
     for _index in range(1024):
         yield bytes(MIB)
 
@@ -206,8 +203,8 @@ def oversized_narinfo_cache(caches, small_closure, nix_keys, directory):
     return leaf
 
 
-def test_narinfo_larger_than_the_limit_is_refused(caches, small_closure, nix_keys, tmp_path,
-                                                   alt_root):
+def test_narinfo_larger_than_the_limit_is_refused(
+        caches, small_closure, nix_keys, tmp_path, alt_root):
     directory = str(tmp_path / 'cache')
     leaf = oversized_narinfo_cache(caches, small_closure, nix_keys, directory)
     with CacheServer(directory) as server:
