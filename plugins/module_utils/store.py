@@ -236,7 +236,10 @@ class LocalStore(object):
         if self._db is None:
             return []
         with self._db_lock:
-            return self._db.execute(sql, parameters).fetchall()
+            try:
+                return self._db.execute(sql, parameters).fetchall()
+            except sqlite3.Error as error:
+                raise StoreError('reading the Nix database failed: %s' % error, path=self.db_path)
 
     def is_valid(self, store_path):
         return store_path in self.valid_subset([store_path])

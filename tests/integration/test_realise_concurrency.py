@@ -5,15 +5,18 @@ does), so runs with overlapping closures never wait on each other in a cycle, an
 ends with a store that real Nix verifies and that holds no unregistered entry.
 """
 import concurrent.futures
+import multiprocessing
 import os
 import time
 
 import pytest
 
+from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
 from nixtest.ansible import run_playbook
 
-pytestmark = pytest.mark.slow
 
 PLAY = '''
 - hosts: all
@@ -58,6 +61,7 @@ def assert_store_whole(root, paths):
     assert nix.unregistered_entries(str(root)) == []
 
 
+@pytest.mark.slow
 def test_two_playbooks_with_overlapping_closures_both_finish(
         caches, small_closure, http_cache, alt_root):
     """One run takes blob, then lib; the other, with more workers, would take lib while
@@ -83,6 +87,7 @@ def test_two_playbooks_with_overlapping_closures_both_finish(
         assert len(result.registered('realised')['receipts']) == 1
 
 
+@pytest.mark.slow
 def test_playbook_beside_real_nix_copy_to_the_same_root(
         caches, pg_closure, pg_closure_b, http_cache, alt_root):
     """Postgres "b" by us over HTTP while real Nix copies Postgres "a" (sharing glibc and
@@ -96,3 +101,31 @@ def test_playbook_beside_real_nix_copy_to_the_same_root(
         theirs.result()
         ours.result().assert_ok()
     assert_store_whole(alt_root, set(pg_closure.paths) | set(pg_closure_b.paths))
+
+
+def open_store_and_write_a_receipt(root, barrier):
+    """One run's first steps on a fresh root: the layout, the database, a receipt."""
+    try:
+        barrier.wait()
+        with LocalStore(root=root) as store:
+            write_receipts(store, [StorePath.parse('/nix/store/%s-x' % ('1' * 32))], {},
+                           root=root)
+        return None
+    except Exception as error:  # reported to the test
+        return repr(error)
+
+
+def test_runs_starting_together_on_a_fresh_root_create_it_once(tmp_path):
+    """Eight runs at once, ten fresh roots: no "File exists", one database Nix reads."""
+    context = multiprocessing.get_context('fork')
+    runs = 8
+    with context.Manager() as manager, context.Pool(runs) as pool:
+        for round_number in range(10):
+            root = str(tmp_path / ('root-%d' % round_number))
+            os.mkdir(root)
+            barrier = manager.Barrier(runs)
+            errors = [error for error in pool.starmap(open_store_and_write_a_receipt,
+                                                      [(root, barrier)] * runs) if error]
+            assert errors == []
+            nix.verify_store(root)
+            assert nix.unregistered_entries(root) == []
