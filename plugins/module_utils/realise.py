@@ -20,6 +20,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
     HashMismatch,
     InsufficientSpace,
+    InvalidNar,
     NixCacheError,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
@@ -32,16 +33,33 @@ MIB = 1024.0 * 1024.0
 
 
 class CountingReader(object):
-    """Counts the bytes read from a stream (the download size as it happens)."""
+    """Counts the bytes read from a stream (the download size as it happens).
 
-    def __init__(self, stream):
+    With ``nar_size``, a stream going beyond ``compressed_limit(nar_size)`` is refused: a
+    compressed NAR is never much larger than the NAR, so a cache cannot keep us
+    downloading a stream that inflates to nothing.
+    """
+
+    def __init__(self, stream, nar_size=None):
         self._stream = stream
         self.count = 0
+        self.nar_size = nar_size
+        self.limit = None if nar_size is None else compressed_limit(nar_size)
 
     def read(self, size=-1):
         data = self._stream.read(size)
         self.count += len(data)
+        if self.limit is not None and self.count > self.limit:
+            raise InvalidNar('the compressed NAR goes on beyond what a NAR size of %d bytes '
+                             'allows' % self.nar_size, expected='at most %d bytes' % self.limit,
+                             found='more than %d bytes' % self.limit)
         return data
+
+
+def compressed_limit(nar_size):
+    """The most a compressed NAR of ``nar_size`` bytes may take: the size itself, with
+    room for the worst expansion of incompressible data and the framing of any method."""
+    return nar_size + nar_size // 16 + 65536
 
 
 class Realiser(object):
@@ -184,7 +202,7 @@ class Realiser(object):
         try:
             raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
             try:
-                counted = CountingReader(raw)
+                counted = CountingReader(raw, item.narinfo.nar_size)
                 hashed = HashingReader(open_decompressed(item.narinfo.compression, counted))
                 nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
             finally:

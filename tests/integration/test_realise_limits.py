@@ -6,6 +6,7 @@
   NarSize, on a 16 MiB tmpfs, long before the file system fills.
 * Memory: metadata files larger than 1 MiB are refused before they are read whole.
 """
+import gzip
 import hashlib
 import os
 import resource
@@ -161,6 +162,8 @@ def used_bytes(mount):
 @pytest.mark.parametrize('bomb', sorted(BOMBS))
 def test_decompression_bomb_stops_at_the_signed_nar_size(
         bomb, nix_keys, tmp_path, small_tmpfs):
+    """Whichever comes first stops it: the NAR passing NarSize, or the compressed
+    stream passing what NarSize allows."""
     cache_dir = str(tmp_path / 'bomb-cache')
     store_path = write_bomb_cache(cache_dir, BOMBS[bomb](), nix_keys.trusted.secret_file)
     store = LocalStore(root=str(small_tmpfs))
@@ -181,6 +184,38 @@ def test_decompression_bomb_stops_at_the_signed_nar_size(
     assert nix.store_entries(str(small_tmpfs)) == []
     nix.verify_store(str(small_tmpfs))
     assert used_bytes(small_tmpfs) < 10 * MIB    # the database and its reserve, no NAR
+
+
+def test_compressed_stream_longer_than_the_nar_size_allows_is_cut_off(nix_keys, tmp_path,
+                                                                     alt_root):
+    """A right NAR followed by a million empty gzip members (20 MB that inflate to
+    nothing): the download stops a little beyond NarSize instead of running on."""
+    directory = str(tmp_path / 'padded-cache')
+    os.makedirs(os.path.join(directory, 'nar'))
+    nix.write_cache_info(directory)
+    data = nar_string(b'nix-archive-1') + nar_tokens(b'(', b'type', b'regular', b'contents',
+                                                      b'hello\n', b')')
+    with open(os.path.join(directory, 'nar', 'padded.nar.gz'), 'wb') as handle:
+        handle.write(gzip.compress(data) + gzip.compress(b'') * 1000000)
+    store_path = StorePath.parse('/nix/store/%s-padded-1.0' % ('2' * 32))
+    info = NarInfo(store_path, 'nar/padded.nar.gz', format_base32(hashlib.sha256(data).digest()),
+                   len(data), compression='gzip')
+    with open(nix_keys.trusted.secret_file) as handle:
+        info.sigs = [SecretKey.parse(handle.read().strip()).sign(info.fingerprint())]
+    with open(os.path.join(directory, store_path.hash_part + '.narinfo'), 'w') as handle:
+        handle.write(info.to_text())
+    cache = make_substituter('file://' + directory, CacheOptions(retries=0))
+    started = time.monotonic()
+    with LocalStore(root=str(alt_root)) as store:
+        subject = Realiser(store, [cache], TrustedKeys([nix_keys.trusted.public]))
+        with pytest.raises(errors.NixCacheError) as raised:
+            subject.realise([store_path])
+    assert time.monotonic() - started < 5
+    assert isinstance(raised.value, errors.InvalidNar), raised.value
+    assert 'beyond what a NAR size of %d bytes allows' % len(data) in raised.value.message
+    assert raised.value.path == str(store_path)
+    assert nix.store_entries(str(alt_root)) == []
+    nix.verify_store(str(alt_root))
 
 
 # --- oversized metadata -------------------------------------------------------------
