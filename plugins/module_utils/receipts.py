@@ -86,7 +86,7 @@ def _write_atomically(path, receipt):
         with os.fdopen(handle, 'w') as stream:
             json.dump(receipt, stream, indent=2, sort_keys=True)
             stream.write('\n')
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o644)   # world-readable like the Nix database: nothing secret
         os.rename(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
