@@ -5,10 +5,11 @@
 
 Each NAR flows through one pipeline, in one pass and bounded memory:
 cache stream -> count -> decompress -> sha256 and size -> safe unpack into a temporary
-directory beside the final path.  Only when NarHash and NarSize match is the directory
-renamed into place.  All fetched paths are registered in one transaction, references
-first, while their per-path locks are still held, so a path is either fully valid in
-the store or absent.
+directory beside the final path, in parallel and without any lock.  Only when NarHash
+and NarSize match, and the path's references are valid, is the directory renamed into
+place and registered, under the path's lock, so a path is either fully valid in the
+store or absent.  Decompression and unpacking stop as soon as the stream goes beyond the
+NarSize the signed narinfo declares.
 """
 
 import concurrent.futures
@@ -105,11 +106,13 @@ class Realiser(object):
     def _fetch_and_commit(self, plan):
         """Fetch every planned path; return path -> bytes downloaded.
 
-        As in Nix, a path is started only once its references are valid, and it is
-        registered as soon as it is in place, under its own lock, which is released
-        right after.  A run thus never holds one lock while waiting for another (two
-        runs with overlapping closures cannot deadlock), holds at most ``jobs`` locks,
-        and whatever is valid after a failure is a closed set.
+        NARs are downloaded and checked in parallel into private temporary directories,
+        holding no lock.  A path is installed (moved into place and registered) once its
+        references are valid, under its own lock, which is released right after, as
+        Nix does.  A run thus never holds one lock while waiting for another (runs with
+        overlapping closures cannot deadlock), holds at most ``jobs`` locks, and whatever
+        is valid after a failure is a closed set.  Two runs fetching the same path at
+        the same time may both download it; the second finds it valid and drops its copy.
         """
         items = dict((item.store_path, item) for item in plan.to_fetch)
         waiting = dict((path, set(ref for ref in item.references if ref in items))
@@ -118,69 +121,99 @@ class Realiser(object):
         for path, refs in waiting.items():
             for ref in refs:
                 dependents.setdefault(ref, []).append(path)
+        unpacked = {}                # path -> (PlannedPath used, temp dir, bytes), to install
         downloaded, used, failures = {}, [], []
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            running = {}
+            running = {}             # future -> (what it does, path)
 
-            def start(path):
-                running[pool.submit(self._fetch_one, items[path])] = path
+            def install_if_ready(path):
+                if path in unpacked and not waiting[path]:
+                    running[pool.submit(self._install, *unpacked.pop(path))] = ('install', path)
+
+            def now_valid(path):
+                for dependent in dependents.get(path, ()):
+                    waiting[dependent].discard(path)
+                    install_if_ready(dependent)
 
             for item in plan.to_fetch:   # references first
-                if not waiting[item.store_path]:
-                    start(item.store_path)
+                running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
             try:
                 while running:
                     done, _pending = concurrent.futures.wait(
                         list(running), return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
-                        path = running.pop(future)
+                        step, path = running.pop(future)
+                        if future.cancelled():
+                            continue
                         try:
                             result = future.result()
                         except Exception as error:
+                            if not failures:   # start no more downloads
+                                for other, (other_step, _path) in running.items():
+                                    if other_step == 'unpack':
+                                        other.cancel()
                             failures.append(error)
                             continue
-                        if result is not None:
+                        if step == 'unpack' and result is not None:
+                            unpacked[path] = result
+                            install_if_ready(path)
+                            continue
+                        if step == 'install' and result is not None:
                             used.append(result[0])
                             downloaded[path] = result[1]
-                        for dependent in dependents.get(path, ()):
-                            waiting[dependent].discard(path)
-                            if not waiting[dependent] and not failures:
-                                start(dependent)
+                        now_valid(path)
             except BaseException:
                 for future in running:
                     future.cancel()
                 raise
+            finally:
+                for _item, temp_dir, _count in unpacked.values():   # could not be installed
+                    self.store.discard(temp_dir)
         plan.use(used)
         if failures:
             raise failures[0]
         return downloaded
 
-    def _fetch_one(self, item):
-        """Fetch, verify, commit and register one path under its lock.
+    def _unpack_one(self, item):
+        """Download and check one path into a temporary directory, holding no lock.
 
-        Returns (the PlannedPath actually used, bytes downloaded), or None if the path
-        became valid meanwhile.  When its cache stops answering, another cache that has
-        a trustworthy copy serves the path instead.
+        Returns (the PlannedPath actually used, the directory, bytes downloaded), or
+        None if the path is already valid.  When its cache stops answering, another
+        cache that has a trustworthy copy serves the path instead.
+        """
+        if self.store.exists(item.store_path) and self.present([item.store_path]):
+            return None
+        return self._download_with_failover(item)
+
+    def _install(self, item, temp_dir, count):
+        """Move a checked path into place and register it, under its lock.
+
+        Returns (item, count), or None when the path became valid meanwhile (another run,
+        or Nix, added it); our copy is dropped then.
         """
         store_path = item.store_path
-        with self.store.lock_path(store_path):
-            if self.store.exists(store_path) and self.present([store_path]):
-                return None
-            used, count = self._download_with_failover(item)
-            if self.register:
-                try:
-                    self.store.register([used.narinfo])
-                except BaseException:
-                    self.store.discard(self.store.real_path(store_path))
-                    raise
-            return used, count
+        try:
+            with self.store.lock_path(store_path):
+                if self.store.exists(store_path) and self.present([store_path]):
+                    return None
+                self.store.remove_invalid(store_path)
+                self.store.commit(temp_dir, store_path)
+                if self.register:
+                    try:
+                        self.store.register([item.narinfo])
+                    except BaseException:
+                        self.store.discard(self.store.real_path(store_path))
+                        raise
+                return item, count
+        finally:
+            self.store.discard(temp_dir)   # gone already once moved into place
 
     def _download_with_failover(self, item):
         store_path = item.store_path
         failures, tried = [], []
         while True:
             try:
-                return item, self._download(item)
+                return (item,) + self._download(item)
             except CacheUnavailable as error:
                 failures.append('%s: %s' % (item.cache.url, error.message))
                 tried.append(item.cache)
@@ -195,9 +228,8 @@ class Realiser(object):
                                            path=str(store_path))
 
     def _download(self, item):
-        """Stream one NAR into a temporary directory, check it, and move it into place."""
+        """Stream one NAR into a temporary directory and check it: (directory, bytes)."""
         store_path = item.store_path
-        self.store.remove_invalid(store_path)
         temp_dir = self.store.temp_dir_for(store_path)
         try:
             raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
@@ -215,7 +247,6 @@ class Realiser(object):
                 raise HashMismatch('NAR hash differs from the narinfo', path=str(store_path),
                                    cache=item.cache.url, expected=item.narinfo.nar_hash,
                                    found=format_base32(hashed.digest()))
-            self.store.commit(temp_dir, store_path)
         except NixCacheError as error:
             self.store.discard(temp_dir)
             error.path = error.path or str(store_path)
@@ -224,7 +255,7 @@ class Realiser(object):
         except BaseException:
             self.store.discard(temp_dir)
             raise
-        return counted.count
+        return temp_dir, counted.count
 
     def _report(self, plan, downloaded, check_mode, seconds):
         fetched = [item for item in plan.to_fetch if item.store_path in downloaded]

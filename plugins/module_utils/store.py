@@ -191,9 +191,10 @@ class LocalStore(object):
         return stats.f_bavail * stats.f_frsize
 
     def temp_dir_for(self, store_path):
-        """A fresh name beside the final one; never a valid store path name."""
-        return os.path.join(self.real_store_dir, '%s%s-%s' % (
-            TEMP_PREFIX, uuid.uuid4().hex[:12], store_path.base))
+        """A fresh name beside the final one; never a valid store path name.  It carries
+        our process id, so that other runs leave it alone while we are alive."""
+        return os.path.join(self.real_store_dir, '%s%d-%s-%s' % (
+            TEMP_PREFIX, os.getpid(), uuid.uuid4().hex[:12], store_path.base))
 
     def commit(self, temp_dir, store_path):
         """Move a complete, verified tree into place."""
@@ -213,17 +214,15 @@ class LocalStore(object):
             remove_tree(path)
 
     def remove_invalid(self, store_path):
-        """Delete what lies at an unregistered path and our stale temporary copies of it.
-
-        Call with the path's lock held.
-        """
+        """Delete what lies at an unregistered path, and temporary copies of it left by
+        runs that are gone (a crash).  Call with the path's lock held."""
         if os.path.lexists(self.real_path(store_path)) and not self.is_valid(store_path):
             self.discard(self.real_path(store_path))
         suffix = '-' + store_path.base
         with file_errors('cannot list the store', self.real_store_dir):
             names = os.listdir(self.real_store_dir)
         for name in names:
-            if name.startswith(TEMP_PREFIX) and name.endswith(suffix):
+            if name.startswith(TEMP_PREFIX) and name.endswith(suffix) and not _owner_alive(name):
                 self.discard(os.path.join(self.real_store_dir, name))
 
     def lock_path(self, store_path):
@@ -375,6 +374,20 @@ class _PathLock(object):
 
 
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _owner_alive(temp_name):
+    """Whether the process named in a temporary directory's name still runs."""
+    pid = temp_name[len(TEMP_PREFIX):].split('-', 1)[0]
+    if not pid.isdigit():
+        return False          # an older name without one
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:           # it exists, as another user
+        return True
+    return True
 
 
 def _deriver_path(deriver, store_dir):

@@ -449,8 +449,9 @@ class _Helper(object):
 class DeadlineReader(object):
     """An HTTP response whose reads end at a Deadline, however slowly bytes arrive.
 
-    Each read asks the socket for one chunk (``read1``) with the time left as its
-    time-out, so a server sending a byte a second is cut off at the deadline.
+    Each read gathers socket reads (``read1``), each with the time left as its
+    time-out, so a server sending a byte a second is cut off at the deadline; what
+    arrived before is handed over, so a resumed download starts after it.
     """
 
     def __init__(self, response, deadline, read_timeout):
@@ -465,13 +466,28 @@ class DeadlineReader(object):
         return self._response.getcode()
 
     def read(self, size=-1):
-        left = self._deadline.left()
-        if self._socket is not None:
-            self._socket.settimeout(min(left, self._read_timeout))
         if size is None or size < 0:
             size = 1 << 18
         read1 = getattr(self._response, 'read1', None)
-        return read1(size) if read1 is not None else self._response.read(size)
+        if read1 is None:
+            self._deadline.left()
+            return self._response.read(size)
+        parts, have = [], 0
+        while have < size:    # one socket read at a time, each within the time left
+            try:
+                left = self._deadline.left()
+                if self._socket is not None:
+                    self._socket.settimeout(min(left, self._read_timeout))
+                data = read1(size - have)
+            except Exception:
+                if parts:     # hand over what arrived; the next read fails again
+                    break
+                raise
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+        return parts[0] if len(parts) == 1 else b''.join(parts)
 
     def close(self):
         self._response.close()

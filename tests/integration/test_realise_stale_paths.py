@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
 from nixtest.ansible import run_playbook
-
-pytestmark = pytest.mark.slow
+from nixtest.spoil import realiser
 
 PLAY = '''
 - hosts: all
@@ -60,6 +60,7 @@ def outside(tmp_path):
     return directory
 
 
+@pytest.mark.slow
 def test_stale_tree_of_another_user_is_replaced_and_nothing_outside_is_touched(
         caches, small_closure, alt_root, outside):
     stale = stale_copy(alt_root, small_closure.by_name('small-lib'), outside)
@@ -73,6 +74,7 @@ def test_stale_tree_of_another_user_is_replaced_and_nothing_outside_is_touched(
     assert nix.unregistered_entries(str(alt_root)) == []
 
 
+@pytest.mark.slow
 def test_stale_tree_that_cannot_be_removed_is_a_clean_error_naming_it(
         caches, small_closure, alt_root, outside):
     stale = stale_copy(alt_root, small_closure.by_name('small-lib'), outside)
@@ -94,3 +96,25 @@ def test_stale_tree_that_cannot_be_removed_is_a_clean_error_naming_it(
     assert small_closure.by_name('small-lib') not in valid
     for path in valid:   # what is valid is a closed set
         assert set(nix.references(path, root=str(alt_root))) <= valid
+
+
+def test_temporary_copies_of_dead_runs_go_and_those_of_live_runs_stay(
+        caches, small_closure, alt_root):
+    """A run downloads without holding the path's lock, so another run's cleanup must
+    leave its temporary directory alone while it lives, and remove it once it is gone."""
+    target = small_closure.by_name('small-note')
+    store_dir = alt_root / 'nix' / 'store'
+    store_dir.mkdir(parents=True)
+    gone = subprocess.run(['sh', '-c', 'echo $$'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    names = {'dead': '.nixcache-tmp-%s-0123456789ab-%s' % (gone, os.path.basename(target)),
+             'live': '.nixcache-tmp-1-0123456789ab-%s' % os.path.basename(target),
+             'old': '.nixcache-tmp-0123456789ab-%s' % os.path.basename(target)}
+    for name in names.values():
+        (store_dir / name).mkdir()
+        (store_dir / name / 'partial').write_text('x')
+    store, subject = realiser(alt_root, [caches['xz'].url], [caches['xz'].public_key])
+    with store:
+        subject.realise([StorePath.parse(target)])
+    assert sorted(nix.unregistered_entries(str(alt_root))) == [names['live']]
+    nix.verify_store(str(alt_root))
