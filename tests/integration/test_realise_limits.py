@@ -186,15 +186,14 @@ def test_decompression_bomb_stops_at_the_signed_nar_size(
     assert used_bytes(small_tmpfs) < 10 * MIB    # the database and its reserve, no NAR
 
 
-def test_compressed_stream_longer_than_the_nar_size_allows_is_cut_off(nix_keys, tmp_path,
-                                                                     alt_root):
+def test_compressed_stream_longer_than_the_nar_size_allows_is_cut_off(
+        nix_keys, tmp_path, alt_root):
     """A right NAR followed by a million empty gzip members (20 MB that inflate to
     nothing): the download stops a little beyond NarSize instead of running on."""
     directory = str(tmp_path / 'padded-cache')
     os.makedirs(os.path.join(directory, 'nar'))
     nix.write_cache_info(directory)
-    data = nar_string(b'nix-archive-1') + nar_tokens(b'(', b'type', b'regular', b'contents',
-                                                      b'hello\n', b')')
+    data = nar_tokens(b'nix-archive-1', b'(', b'type', b'regular', b'contents', b'hello\n', b')')
     with open(os.path.join(directory, 'nar', 'padded.nar.gz'), 'wb') as handle:
         handle.write(gzip.compress(data) + gzip.compress(b'') * 1000000)
     store_path = StorePath.parse('/nix/store/%s-padded-1.0' % ('2' * 32))
