@@ -235,8 +235,12 @@ class Realiser(object):
             raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
             try:
                 counted = CountingReader(raw, item.narinfo.nar_size)
-                hashed = HashingReader(open_decompressed(item.narinfo.compression, counted))
-                nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
+                decompressed = open_decompressed(item.narinfo.compression, counted)
+                try:   # closed at once: a decompressor process or thread stops with the NAR
+                    hashed = HashingReader(decompressed)
+                    nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
+                finally:
+                    decompressed.close()
             finally:
                 raw.close()
             if hashed.size != item.narinfo.nar_size:

@@ -263,3 +263,22 @@ def test_nix_cache_info_larger_than_the_limit_is_refused(tmp_path):
         for url in ('file://%s' % directory, server.url):
             with pytest.raises(errors.CacheUnavailable, match='more than %d bytes' % TEXT_LIMIT):
                 make_substituter(url, CacheOptions(retries=0)).cache_info()
+
+
+@pytest.mark.slow
+def test_decompression_bomb_through_ansible_playbook_on_a_bare_python(
+        nix_keys, tmp_path, small_tmpfs):
+    """The module on Debian's own Python (no zstandard: the zstd program decompresses)."""
+    cache_dir = str(tmp_path / 'bomb-cache')
+    store_path = write_bomb_cache(cache_dir, many_small_files(), nix_keys.trusted.secret_file)
+    started = time.monotonic()
+    result = run_playbook(PLAY, interpreter='/usr/bin/python3', extra_vars=dict(
+        paths=[str(store_path)], root=str(small_tmpfs), substituters=['file://' + cache_dir],
+        keys=[nix_keys.trusted.public]))
+    assert time.monotonic() - started < 60
+    result.assert_failed()
+    failed = result.registered('realised')
+    assert failed['error'] == 'InvalidNar' and 'NAR size of %d' % DECLARED_NAR_SIZE in failed['msg']
+    assert nix.store_entries(str(small_tmpfs)) == []
+    nix.verify_store(str(small_tmpfs))
+    assert used_bytes(small_tmpfs) < 10 * MIB
