@@ -47,7 +47,8 @@ options:
   timeout:
     description:
       - Seconds one request attempt may last in total, from connecting to the last byte, however
-        slowly the cache sends; a NAR download attempt also gets NarSize at 256 KiB/s on top.
+        slowly the cache sends. A NAR download attempt may also take NarSize at 256 KiB/s on
+        top, as long as every O(timeout) seconds bring at least 1 KiB/s.
       - A NAR download cut off by the deadline resumes where it stopped, within O(retries).
     type: int
     default: 30

@@ -45,16 +45,19 @@ MASK = '********'   # stands for a password in every URL we show
 TEXT_LIMIT = 1 << 20
 
 
-# A NAR download attempt may last ``timeout`` plus NarSize at this many bytes a second.
+# A NAR download attempt may last ``timeout`` plus NarSize at this many bytes a second,
 NAR_MIN_RATE = 256 * 1024
+# and ends sooner if fewer than this many bytes a second arrive over ``timeout`` seconds.
+LOW_SPEED = 1024
 
 
 class CacheOptions(object):
     """How to talk to caches: time-outs, retries and HTTP client settings.
 
     ``timeout`` bounds one request attempt in total, from connecting to the last byte:
-    a server that drips or stalls cannot hold it longer.  A NAR download attempt also
-    gets NarSize / ``NAR_MIN_RATE`` seconds on top.
+    a server that drips or stalls cannot hold it longer.  A NAR download attempt may go
+    on for NarSize / ``NAR_MIN_RATE`` seconds more, as long as every ``timeout`` seconds
+    bring ``LOW_SPEED`` bytes a second.
     """
 
     def __init__(self, timeout=30, retries=3, validate_certs=True, backoff=0.5, http=None, aws=None):
@@ -301,7 +304,9 @@ class HttpSubstituter(Substituter):
             raise
 
     def open_at(self, relative_url, offset, seconds=None):
-        deadline = Deadline(seconds or self.options.timeout)
+        timeout = self.options.timeout
+        deadline = Deadline(max(seconds or timeout, timeout), window=timeout,
+                            window_bytes=timeout * LOW_SPEED)
         if not offset:
             return self._open(relative_url, deadline=deadline), 0
         response = self._open(relative_url, {'Range': 'bytes=%d-' % offset}, deadline)
@@ -387,18 +392,43 @@ class ResumingStream(object):
 
 
 class Deadline(object):
-    """The end of one request attempt, ``seconds`` from now."""
+    """The end of one request attempt, ``seconds`` from now.
 
-    def __init__(self, seconds):
+    With ``window``, the answer must also bring ``window_bytes`` in every ``window``
+    seconds from the start (the headers within the first): a server that drips is cut
+    off after ``window`` seconds, however long the whole attempt may take.
+    """
+
+    def __init__(self, seconds, window=None, window_bytes=0):
         self.seconds = seconds
-        self.end = time.monotonic() + seconds
+        self.start = time.monotonic()
+        self.end = self.start + seconds
+        self.window = window
+        self.window_bytes = window_bytes
+        self.window_end = self.start + (window or seconds)
+        self.received = 0          # bytes in the current window
 
     def left(self):
-        """Seconds left; raises socket.timeout (a transient error) once none are."""
-        left = self.end - time.monotonic()
-        if left <= 0:
+        """Seconds the next wait may take; raises socket.timeout (a transient error)
+        once the attempt is over."""
+        now = time.monotonic()
+        if now >= self.end:
             raise socket.timeout('no complete answer within %g s' % self.seconds)
-        return left
+        if self.window is None:
+            return self.end - now
+        while now >= self.window_end:
+            if self.received < self.window_bytes:
+                raise socket.timeout('less than %d bytes in %g s' % (self.window_bytes,
+                                                                     self.window))
+            self.window_end += self.window
+            self.received = 0
+        end = self.window_end
+        if self.received >= self.window_bytes:   # this window is done: the next one counts
+            end += self.window
+        return min(self.end, end) - now
+
+    def count(self, size):
+        self.received += size
 
     def call(self, action):
         """``action()`` (connect, send, read the headers), given up at the deadline.
@@ -414,7 +444,7 @@ class Deadline(object):
             with helper.lock:
                 if not helper.done.is_set():
                     helper.abandoned = True
-                    raise socket.timeout('no answer within %g s' % self.seconds)
+                    raise socket.timeout('no answer within %g s' % (self.window or self.seconds))
         if helper.error is not None:
             raise helper.error
         return helper.value
@@ -471,7 +501,9 @@ class DeadlineReader(object):
         read1 = getattr(self._response, 'read1', None)
         if read1 is None:
             self._deadline.left()
-            return self._response.read(size)
+            data = self._response.read(size)
+            self._deadline.count(len(data))
+            return data
         parts, have = [], 0
         while have < size:    # one socket read at a time, each within the time left
             try:
@@ -485,6 +517,7 @@ class DeadlineReader(object):
                 raise
             if not data:
                 break
+            self._deadline.count(len(data))
             parts.append(data)
             have += len(data)
         return parts[0] if len(parts) == 1 else b''.join(parts)

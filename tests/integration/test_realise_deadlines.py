@@ -2,8 +2,8 @@
 
 The time-out bounds an attempt in total (connect, headers, body), not each socket read,
 so a server sending one byte at a time is cut off; retries keep their count.  Worst case
-for a look-up: (retries + 1) * timeout plus back-off; for a NAR each attempt also gets
-NarSize / NAR_MIN_RATE seconds.
+for a look-up: (retries + 1) * timeout plus back-off.  A NAR attempt may last NarSize /
+NAR_MIN_RATE seconds more, but only while every time-out brings at least 1 KiB/s.
 """
 import time
 
@@ -94,3 +94,16 @@ def test_nar_stalling_mid_body_resumes_within_the_deadline(
     assert ranges == [None, 'bytes=100-']
     assert_nothing_left(alt_root)
     assert nix.valid_paths(str(alt_root)) == {blob}
+
+
+def test_large_nar_dripping_is_cut_off_after_the_time_out_not_its_size_allowance(
+        http_cache, caches, small_closure, alt_root):
+    """A 2 MiB NAR may take 2 s + 8 s at the slowest rate we wait for, but a server
+    that drips it is cut off once a time-out passes with less than 1 KiB/s."""
+    blob = small_closure.by_name('small-blob')
+    http_cache.fault('/xz/nar/*', drip=0.2)
+    url = http_cache.url_for('xz')
+    error, seconds = timed_failure(alt_root, url, caches['xz'].public_key, [blob])
+    assert seconds < bound((RETRIES + 1) ** 2), seconds
+    assert isinstance(error, errors.CacheUnavailable) and error.path == blob
+    assert_nothing_left(alt_root)
