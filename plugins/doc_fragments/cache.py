@@ -15,6 +15,8 @@ options:
         of the host's C(/etc/nix/nix.conf) are used.
       - C(file:///dir) reads a cache written by C(nix copy --to file:///dir).
       - C(http://host/prefix) and C(https://host/prefix) read a cache served over HTTP(S).
+        C(https://user:password@host/prefix) authenticates with basic auth; the password is
+        shown as C(********) everywhere.
       - C(s3://bucket?region=eu-west-1&profile=name&endpoint=host:port&scheme=https) reads a cache
         in an S3 bucket (or an S3-compatible server) as Nix does, with boto3 and the standard AWS
         credential chain (environment, profile, instance profile). A public bucket can also be
@@ -43,7 +45,11 @@ options:
     type: bool
     default: true
   timeout:
-    description: Seconds to wait for a cache to answer a request.
+    description:
+      - Seconds one request attempt may last in total, from connecting to the last byte, however
+        slowly the cache sends. A NAR download attempt may also take NarSize at 256 KiB/s on
+        top, as long as every O(timeout) seconds bring at least 1 KiB/s.
+      - A NAR download cut off by the deadline resumes where it stopped, within O(retries).
     type: int
     default: 30
   retries:

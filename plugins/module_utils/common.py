@@ -149,4 +149,6 @@ def failure(error):
     result = dict(msg=str(error), error=type(error).__name__)
     if isinstance(error, NixCacheError):
         result.update(error.details())
+    elif isinstance(error, OSError) and error.filename is not None:
+        result['path'] = os.fsdecode(error.filename)
     return result

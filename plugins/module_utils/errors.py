@@ -8,6 +8,8 @@ and what was expected versus what was found.  Plugins turn it into a failure
 with ``error.details()``; nothing else in the library knows about Ansible.
 """
 
+import contextlib
+
 
 class NixCacheError(Exception):
     """Base class: a message plus optional context fields."""
@@ -81,3 +83,15 @@ class StoreError(NixCacheError):
 
 class InsufficientSpace(StoreError):
     """Less free space under the store than the closure needs."""
+
+
+@contextlib.contextmanager
+def file_errors(what, path):
+    """Turn an OSError into a StoreError that names the file (or else ``path``)."""
+    try:
+        yield
+    except OSError as error:
+        name = error.filename if error.filename is not None else path
+        if isinstance(name, bytes):
+            name = name.decode('utf-8', 'backslashreplace')
+        raise StoreError('%s: %s' % (what, error.strerror or error), path=str(name)) from error

@@ -81,6 +81,7 @@ class _Reader(object):
         self.base = 0            # stream offset of buf[0]
         self.eof = False
         self.max_size = max_size
+        self.received = 0        # bytes the stream has given
         self.names = []          # path of the node being read, for messages
 
     @property
@@ -95,6 +96,8 @@ class _Reader(object):
         raise InvalidNar('invalid NAR: %s at %s (byte %d)' % (message, self.where, self.offset))
 
     def _read_stream(self, size):
+        if self.max_size is not None:   # never ask for more than one byte beyond the size
+            size = max(1, min(size, self.max_size + 1 - self.received))
         try:
             data = self.stream.read(size)
         except Exception as error:
@@ -102,6 +105,9 @@ class _Reader(object):
         if not data:
             self.eof = True
             return b''
+        self.received += len(data)
+        if self.max_size is not None and self.received > self.max_size:
+            self.fail('the stream goes on beyond the NAR size of %d bytes' % self.max_size)
         return data if isinstance(data, bytes) else bytes(data)
 
     def ensure(self, size):
@@ -242,15 +248,15 @@ class _Unpacker(object):
         self.base_name = base_name
         self.names = reader.names    # entry names from the top to the node being read
         self.created = False         # the top node exists and must go on failure
-        self.open_fds = set()
+        self.open_fds = []           # innermost last: the open directories, or one file
 
     def _close(self, fd):
-        self.open_fds.discard(fd)
+        self.open_fds.remove(fd)
         os.close(fd)
 
     def close_all(self):
-        for fd in list(self.open_fds):
-            self._close(fd)
+        while self.open_fds:
+            os.close(self.open_fds.pop())
 
     def run(self):
         reader = self.reader
@@ -263,11 +269,16 @@ class _Unpacker(object):
             reader.fail('trailing data after the NAR')
 
     def _directories(self, top_fd):
-        """Read entries until the top directory closes, one level per open directory."""
+        """Read entries until the top directory closes.
+
+        Only the directories on the way from the top to the node being read are open:
+        descriptors are bounded by the nesting depth, whatever the number of directories.
+        """
         reader = self.reader
         match = reader.match
         read_string = reader.read_string
         names = self.names
+        stack = self.open_fds       # stack[-1] is the directory being read
         current = top_fd
         previous = [None]        # last entry name seen in each open directory
         path_lengths = [self.dest_length]    # full path length of each open directory
@@ -299,13 +310,10 @@ class _Unpacker(object):
             elif match(_CLOSE):
                 os.fchmod(current, 0o555)
                 os.utime(current, _STORE_TIME)
-                if not names:
-                    self._close(current)
-                    return
-                parent = os.open(b'..', _OPEN_DIR, dir_fd=current)
-                self.open_fds.add(parent)
                 self._close(current)
-                current = parent
+                if not names:
+                    return
+                current = stack[-1]
                 names.pop()
                 previous.pop()
                 path_lengths.pop()
@@ -343,13 +351,13 @@ class _Unpacker(object):
             os.mkdir(name, 0o700, dir_fd=dir_fd)
             self.created = self.created or top
             fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
-            self.open_fds.add(fd)
+            self.open_fds.append(fd)
             return fd
         else:
             self._explain_bad_node()
         length = reader.read_length(FILE_SIZE_MAX, 'a file')
         fd = os.open(name, _CREATE_FILE, 0o600, dir_fd=dir_fd)
-        self.open_fds.add(fd)
+        self.open_fds.append(fd)
         self.created = self.created or top
         reader.copy_to(fd, length)
         os.fchmod(fd, 0o555 if executable else 0o444)
@@ -380,31 +388,99 @@ class _Unpacker(object):
 def remove_tree(path):
     """Remove ``path`` and everything below it, read-only directories included.
 
-    Iterative (no recursion limit) and never follows a symlink.
+    Works relative to directory descriptors opened with ``O_NOFOLLOW``, never by path:
+    an entry swapped for a symlink while we work is removed as a link, never followed.
+    Iterative (no recursion limit); descriptors are bounded by the nesting depth.
+    Raises OSError (with the path that failed) when the file system refuses.
     """
+    path = os.fsencode(path)
+    parent, name = os.path.split(os.path.abspath(path))
+    parent_fd = os.open(parent, _OPEN_DIR)
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+        _remove_entry(parent_fd, name, path)
+    finally:
+        os.close(parent_fd)
+
+
+def _remove_entry(parent_fd, name, shown):
+    """Remove ``name`` in the directory ``parent_fd``; ``shown`` names it in errors."""
+    top = _open_subdirectory(parent_fd, name, shown)
+    if top is None:
         return
-    if not stat.S_ISDIR(mode):
-        os.unlink(path)
-        return
-    pending = [path]
-    while pending:
-        directory = pending[-1]
-        os.chmod(directory, 0o700)
-        subdirectories = []
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirectories.append(entry.path)
-                else:
-                    os.unlink(entry.path)
-        if subdirectories:
-            pending.extend(subdirectories)
-        else:
-            os.rmdir(directory)
-            pending.pop()
+    stack = [[top, name, None, 0]]    # [fd, name, names left to remove, listings]
+    try:
+        while stack:
+            entry = stack[-1]
+            fd, dir_name, pending, listings = entry
+            if pending is None:
+                entry[2], entry[3] = iter(_entry_names(fd, shown)), listings + 1
+                continue
+            child = next(pending, None)
+            if child is not None:
+                child_fd = _open_subdirectory(fd, child, shown)
+                if child_fd is not None:
+                    stack.append([child_fd, child, None, 0])
+                continue
+            outer = stack[-2][0] if len(stack) > 1 else parent_fd
+            try:
+                os.rmdir(dir_name, dir_fd=outer)
+            except OSError as error:
+                # someone adds entries while we remove them: list again, a few times
+                if error.errno == errno.ENOTEMPTY and listings < 3:
+                    entry[2] = None
+                    continue
+                if error.errno != errno.ENOENT:
+                    raise _named(error, shown, dir_name)
+            stack.pop()
+            os.close(fd)
+    finally:
+        for entry in stack:
+            os.close(entry[0])
+
+
+def _open_subdirectory(dir_fd, name, shown):
+    """Open ``name`` as a directory we may empty, or unlink it if it is anything else.
+
+    Returns the descriptor, or None when ``name`` is gone or was not a directory.
+    """
+    while True:
+        try:
+            fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno == errno.ENOENT:
+                return None
+            if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise _named(error, shown, name)
+            try:   # a file or a symlink (maybe just swapped in): remove the entry itself
+                os.unlink(name, dir_fd=dir_fd)
+                return None
+            except OSError as unlink_error:
+                if unlink_error.errno == errno.ENOENT:
+                    return None
+                if unlink_error.errno != errno.EISDIR:   # it became a directory: again
+                    raise _named(unlink_error, shown, name)
+            continue
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError as error:
+            os.close(fd)
+            raise _named(error, shown, name)
+        return fd
+
+
+def _entry_names(fd, shown):
+    try:
+        with os.scandir(fd) as entries:
+            return [os.fsencode(entry.name) for entry in entries]
+    except OSError as error:
+        raise _named(error, shown, None)
+
+
+def _named(error, shown, name):
+    """The OSError ``error`` with a file name that says where below ``shown`` it happened."""
+    where = _show(shown) if name is None or name == os.path.basename(shown) \
+        else '%s/.../%s' % (_show(shown), _show(name))
+    return OSError(error.errno, error.strerror, where)
 
 
 def unpack(stream, dest, max_size=None):

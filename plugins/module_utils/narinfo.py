@@ -1,19 +1,34 @@
 # -*- coding: utf-8 -*-
 # Copyright: nixcache.closure contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``.narinfo`` files: parse, write back, and the fingerprint that signatures cover."""
+"""``.narinfo`` files: parse, write back, and the fingerprint that signatures cover.
+
+The signature covers only StorePath, NarHash, NarSize and References.  The other fields
+are checked to the form Nix accepts before they go anywhere (a malformed ``CA`` in the
+database would stop real Nix from reading the path): a malformed ``CA``, ``Deriver``,
+``FileHash`` or ``FileSize`` refuses the narinfo, as ``nix copy`` does; a ``Sig`` that
+cannot be a signature is dropped, as it could never verify.
+"""
+
+import base64
+import binascii
+import re
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidHash,
     InvalidNarInfo,
     InvalidStorePath,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32, parse_hash
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
 
 REQUIRED = ('StorePath', 'URL', 'NarHash', 'NarSize')
 SINGLE = ('StorePath', 'URL', 'Compression', 'FileHash', 'FileSize', 'NarHash', 'NarSize',
           'References', 'Deriver', 'System', 'CA')
+HASH_SIZES = {'md5': 16, 'sha1': 20, 'sha256': 32, 'sha512': 64}
+_SIGNATURE = re.compile(r'^[^\s:]+:[A-Za-z0-9+/]+={0,2}$')
+_SYSTEM = re.compile(r'^[A-Za-z0-9_.+-]{1,64}$')
 
 
 class NarInfo(object):
@@ -68,13 +83,13 @@ class NarInfo(object):
                 nar_hash=fields['NarHash'],
                 nar_size=_size(fields, 'NarSize', path_text, source),
                 compression=fields.get('Compression') or 'bzip2',
-                file_hash=fields.get('FileHash') or None,
+                file_hash=_checked_file_hash(fields.get('FileHash') or None, path_text, source),
                 file_size=_size(fields, 'FileSize', path_text, source),
                 references=references,
                 deriver=deriver,
-                system=fields.get('System') or None,
-                sigs=sigs,
-                ca=fields.get('CA') or None,
+                system=_checked_system(fields.get('System') or None),
+                sigs=[sig for sig in sigs if is_signature(sig)],
+                ca=_checked_ca(fields.get('CA') or None, path_text, source),
             )
         except (InvalidStorePath, InvalidHash) as error:
             raise InvalidNarInfo('invalid narinfo: %s' % error, path=path_text, cache=source)
@@ -122,3 +137,65 @@ def _checked_url(url, path, source):
         raise InvalidNarInfo('NAR URL must be a plain path relative to the cache', path=path,
                              cache=source, found=url)
     return url
+
+
+def _is_digest(encoded, size):
+    """True if ``encoded`` is a hash of ``size`` bytes in base16, Nix base32 or base64."""
+    if len(encoded) == 2 * size:
+        return re.match('^[0-9a-fA-F]+$', encoded) is not None
+    if len(encoded) == nixbase32.encoded_length(size):
+        return nixbase32.is_valid(encoded, size)
+    if len(encoded) == 4 * ((size + 2) // 3):
+        try:
+            return len(base64.b64decode(encoded, validate=True)) == size
+        except (binascii.Error, ValueError):
+            return False
+    return False
+
+
+def _checked_ca(value, path, source):
+    """A content address as Nix 2.8 parses it: ``text:sha256:HASH`` or
+    ``fixed:[r:]ALGO:HASH`` (ALGO md5, sha1, sha256 or sha512; HASH not SRI)."""
+    if value is None:
+        return None
+    method, sep, rest = value.partition(':')
+    if method == 'fixed' and rest.startswith('r:'):
+        rest = rest[2:]
+    algorithm, sep2, digest = rest.partition(':')
+    allowed = ('sha256',) if method == 'text' else tuple(HASH_SIZES) if method == 'fixed' else ()
+    if not (sep and sep2 and algorithm in allowed and _is_digest(digest, HASH_SIZES[algorithm])):
+        raise InvalidNarInfo('CA is not a content address Nix accepts '
+                             '(text:sha256:HASH or fixed:[r:]ALGORITHM:HASH)',
+                             path=path, cache=source, found=value)
+    return value
+
+
+def _checked_file_hash(value, path, source):
+    """``ALGO:HASH`` or SRI ``ALGO-BASE64``, as Nix parses FileHash."""
+    if value is None:
+        return None
+    for separator in (':', '-'):
+        algorithm, sep, digest = value.partition(separator)
+        if sep and algorithm in HASH_SIZES:
+            if separator == ':' and _is_digest(digest, HASH_SIZES[algorithm]):
+                return value
+            if separator == '-' and len(digest) == 4 * ((HASH_SIZES[algorithm] + 2) // 3) \
+                    and _is_digest(digest, HASH_SIZES[algorithm]):
+                return value
+    raise InvalidNarInfo('FileHash is not a hash Nix accepts', path=path, cache=source,
+                         found=value)
+
+
+def _checked_system(value):
+    """System is informational and not stored: anything but a plain word is dropped."""
+    return value if value is not None and _SYSTEM.match(value) else None
+
+
+def is_signature(text):
+    """``NAME:BASE64`` of a 64-byte Ed25519 signature, the only Sig form that can verify."""
+    if not _SIGNATURE.match(text):
+        return False
+    try:
+        return len(base64.b64decode(text.partition(':')[2], validate=True)) == 64
+    except (binascii.Error, ValueError):
+        return False

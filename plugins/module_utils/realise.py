@@ -5,14 +5,14 @@
 
 Each NAR flows through one pipeline, in one pass and bounded memory:
 cache stream -> count -> decompress -> sha256 and size -> safe unpack into a temporary
-directory beside the final path.  Only when NarHash and NarSize match is the directory
-renamed into place.  All fetched paths are registered in one transaction, references
-first, while their per-path locks are still held, so a path is either fully valid in
-the store or absent.
+directory beside the final path, in parallel and without any lock.  Only when NarHash
+and NarSize match, and the path's references are valid, is the directory renamed into
+place and registered, under the path's lock, so a path is either fully valid in the
+store or absent.  Decompression and unpacking stop as soon as the stream goes beyond the
+NarSize the signed narinfo declares.
 """
 
 import concurrent.futures
-import contextlib
 import time
 
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo, plan_closure
@@ -21,6 +21,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
     HashMismatch,
     InsufficientSpace,
+    InvalidNar,
     NixCacheError,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
@@ -34,19 +35,36 @@ MIB = 1024.0 * 1024.0
 
 
 class CountingReader(object):
-    """Counts the bytes read from a stream (the download size as it happens)."""
+    """Counts the bytes read from a stream (the download size as it happens).
 
-    def __init__(self, stream, on_read=None):
+    With ``nar_size``, a stream going beyond ``compressed_limit(nar_size)`` is refused: a
+    compressed NAR is never much larger than the NAR, so a cache cannot keep us
+    downloading a stream that inflates to nothing.
+    """
+
+    def __init__(self, stream, nar_size=None, on_read=None):
         self._stream = stream
         self._on_read = on_read
         self.count = 0
+        self.nar_size = nar_size
+        self.limit = None if nar_size is None else compressed_limit(nar_size)
 
     def read(self, size=-1):
         data = self._stream.read(size)
         self.count += len(data)
         if self._on_read is not None:
             self._on_read(len(data))
+        if self.limit is not None and self.count > self.limit:
+            raise InvalidNar('the compressed NAR goes on beyond what a NAR size of %d bytes '
+                             'allows' % self.nar_size, expected='at most %d bytes' % self.limit,
+                             found='more than %d bytes' % self.limit)
         return data
+
+
+def compressed_limit(nar_size):
+    """The most a compressed NAR of ``nar_size`` bytes may take: the size itself, with
+    room for the worst expansion of incompressible data and the framing of any method."""
+    return nar_size + nar_size // 16 + 65536
 
 
 class Realiser(object):
@@ -92,59 +110,118 @@ class Realiser(object):
         return self._report(plan, fetched, check_mode, time.time() - started)
 
     def _fetch_and_commit(self, plan):
-        """Fetch every planned path; register the lot; return path -> bytes downloaded."""
-        downloaded = {}
-        committed = []
+        """Fetch every planned path; return path -> bytes downloaded.
+
+        NARs are downloaded and checked in parallel into private temporary directories,
+        holding no lock.  A path is installed (moved into place and registered) once its
+        references are valid, under its own lock, which is released right after, as
+        Nix does.  A run thus never holds one lock while waiting for another (runs with
+        overlapping closures cannot deadlock), holds at most ``jobs`` locks, and whatever
+        is valid after a failure is a closed set.  Two runs fetching the same path at
+        the same time may both download it; the second finds it valid and drops its copy.
+        """
+        items = dict((item.store_path, item) for item in plan.to_fetch)
+        waiting = dict((path, set(ref for ref in item.references if ref in items))
+                       for path, item in items.items())
+        dependents = {}
+        for path, refs in waiting.items():
+            for ref in refs:
+                dependents.setdefault(ref, []).append(path)
+        unpacked = {}                # path -> (PlannedPath used, temp dir, bytes), to install
+        downloaded, used, failures = {}, [], []
         self.progress.start(len(plan.to_fetch), plan.download_bytes)
-        with contextlib.ExitStack() as locks:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            running = {}             # future -> (what it does, path)
+
+            def install_if_ready(path):
+                if path in unpacked and not waiting[path]:
+                    running[pool.submit(self._install, *unpacked.pop(path))] = ('install', path)
+
+            def now_valid(path):
+                for dependent in dependents.get(path, ()):
+                    waiting[dependent].discard(path)
+                    install_if_ready(dependent)
+
+            for item in plan.to_fetch:   # references first
+                running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
             try:
-                with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                    futures = [pool.submit(self._fetch_one, item, locks) for item in plan.to_fetch]
-                    try:
-                        for future in concurrent.futures.as_completed(futures):
+                while running:
+                    done, _pending = concurrent.futures.wait(
+                        list(running), return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        step, path = running.pop(future)
+                        if future.cancelled():
+                            continue
+                        try:
                             result = future.result()
-                            if result is not None:
-                                used, count = result
-                                downloaded[used.store_path] = count
-                                committed.append(used)
-                                self.progress.path_done(str(used.store_path), count)
-                    except BaseException:
-                        for future in futures:
-                            future.cancel()
-                        # the ones already running finish (or fail) on their own
-                        for future in futures:
-                            if not future.cancelled():
-                                try:
-                                    result = future.result()
-                                    if result is not None and result[0] not in committed:
-                                        committed.append(result[0])
-                                except Exception:
-                                    pass
-                        raise
-                plan.use(committed)
-                if self.register:
-                    self.store.register([item.narinfo for item in plan.to_fetch
-                                         if item.store_path in downloaded])
+                        except Exception as error:
+                            if not failures:   # start no more downloads
+                                for other, (other_step, _path) in running.items():
+                                    if other_step == 'unpack':
+                                        other.cancel()
+                            failures.append(error)
+                            continue
+                        if step == 'unpack' and result is not None:
+                            unpacked[path] = result
+                            install_if_ready(path)
+                            continue
+                        if step == 'install' and result is not None:
+                            used.append(result[0])
+                            downloaded[path] = result[1]
+                            self.progress.path_done(str(path), result[1])
+                        now_valid(path)
             except BaseException:
-                self._keep_closed_subset(committed)
+                for future in running:
+                    future.cancel()
                 raise
+            finally:
+                for _item, temp_dir, _count in unpacked.values():   # could not be installed
+                    self.store.discard(temp_dir)
+        plan.use(used)
+        if failures:
+            raise failures[0]
         return downloaded
 
-    def _fetch_one(self, item, locks):
-        """Fetch, verify and commit one path under its lock.
+    def _unpack_one(self, item):
+        """Download and check one path into a temporary directory, holding no lock.
 
-        Returns (the PlannedPath actually used, bytes downloaded), or None if the path
-        became valid meanwhile.  When its cache stops answering, another cache that has
-        a trustworthy copy serves the path instead.
+        Returns (the PlannedPath actually used, the directory, bytes downloaded), or
+        None if the path is already valid.  When its cache stops answering, another
+        cache that has a trustworthy copy serves the path instead.
+        """
+        if self.store.exists(item.store_path) and self.present([item.store_path]):
+            return None
+        return self._download_with_failover(item)
+
+    def _install(self, item, temp_dir, count):
+        """Move a checked path into place and register it, under its lock.
+
+        Returns (item, count), or None when the path became valid meanwhile (another run,
+        or Nix, added it); our copy is dropped then.
         """
         store_path = item.store_path
-        locks.enter_context(self.store.lock_path(store_path))
-        if self.store.exists(store_path) and self.present([store_path]):
-            return None
+        try:
+            with self.store.lock_path(store_path):
+                if self.store.exists(store_path) and self.present([store_path]):
+                    return None
+                self.store.remove_invalid(store_path)
+                self.store.commit(temp_dir, store_path)
+                if self.register:
+                    try:
+                        self.store.register([item.narinfo])
+                    except BaseException:
+                        self.store.discard(self.store.real_path(store_path))
+                        raise
+                return item, count
+        finally:
+            self.store.discard(temp_dir)   # gone already once moved into place
+
+    def _download_with_failover(self, item):
+        store_path = item.store_path
         failures, tried = [], []
         while True:
             try:
-                return item, self._download(item)
+                return (item,) + self._download(item)
             except CacheUnavailable as error:
                 failures.append('%s: %s' % (item.cache.url, error.message))
                 tried.append(item.cache)
@@ -159,16 +236,19 @@ class Realiser(object):
                                            path=str(store_path))
 
     def _download(self, item):
-        """Stream one NAR into a temporary directory, check it, and move it into place."""
+        """Stream one NAR into a temporary directory and check it: (directory, bytes)."""
         store_path = item.store_path
-        self.store.remove_invalid(store_path)
         temp_dir = self.store.temp_dir_for(store_path)
         try:
-            raw = item.cache.open_nar(item.narinfo.url, store_path)
+            raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
             try:
-                counted = CountingReader(raw, self.progress.add_bytes)
-                hashed = HashingReader(open_decompressed(item.narinfo.compression, counted))
-                nar.unpack(hashed, temp_dir)
+                counted = CountingReader(raw, item.narinfo.nar_size, self.progress.add_bytes)
+                decompressed = open_decompressed(item.narinfo.compression, counted)
+                try:   # closed at once: a decompressor process or thread stops with the NAR
+                    hashed = HashingReader(decompressed)
+                    nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
+                finally:
+                    decompressed.close()
             finally:
                 raw.close()
             if hashed.size != item.narinfo.nar_size:
@@ -179,7 +259,6 @@ class Realiser(object):
                 raise HashMismatch('NAR hash differs from the narinfo', path=str(store_path),
                                    cache=item.cache.url, expected=item.narinfo.nar_hash,
                                    found=format_base32(hashed.digest()))
-            self.store.commit(temp_dir, store_path)
         except NixCacheError as error:
             self.store.discard(temp_dir)
             error.path = error.path or str(store_path)
@@ -188,28 +267,7 @@ class Realiser(object):
         except BaseException:
             self.store.discard(temp_dir)
             raise
-        return counted.count
-
-    def _keep_closed_subset(self, committed):
-        """After a failure: register what is complete with its references, delete the rest."""
-        done = dict((item.store_path, item) for item in committed)
-        keep = set(done)
-        changed = True
-        while changed:  # drop paths with a reference that is neither valid nor kept
-            changed = False
-            for path in list(keep):
-                missing = [ref for ref in done[path].references
-                           if ref not in keep and not self.present([ref])]
-                if missing:
-                    keep.discard(path)
-                    changed = True
-        try:
-            if self.register and keep:
-                self.store.register([item.narinfo for item in committed if item.store_path in keep])
-        except NixCacheError:
-            keep = set()
-        for path in set(done) - keep:
-            self.store.discard(self.store.real_path(path))
+        return temp_dir, counted.count
 
     def _report(self, plan, downloaded, check_mode, seconds):
         fetched = [item for item in plan.to_fetch if item.store_path in downloaded]

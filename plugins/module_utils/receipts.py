@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import file_errors
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 
 RECEIPTS_DIR = '/nix/var/nixcache/receipts'
@@ -58,7 +59,8 @@ def write_receipts(store, requested_paths, sources, root='/', check_mode=False):
             continue
         changed.append(path)
         if not check_mode:
-            _write_atomically(path, receipt)
+            with file_errors('cannot write the receipt', path):
+                _write_atomically(path, receipt)
     return changed
 
 
@@ -78,14 +80,13 @@ def _load(path):
 
 def _write_atomically(path, receipt):
     directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
+    os.makedirs(directory, 0o755, exist_ok=True)   # concurrent runs may create it too
     handle, temporary = tempfile.mkstemp(dir=directory, prefix='.receipt-')
     try:
         with os.fdopen(handle, 'w') as stream:
             json.dump(receipt, stream, indent=2, sort_keys=True)
             stream.write('\n')
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o644)   # world-readable like the Nix database: nothing secret
         os.rename(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

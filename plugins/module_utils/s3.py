@@ -25,7 +25,7 @@ from ansible.module_utils.six.moves.urllib.parse import parse_qs, unquote, urlpa
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
-from ansible_collections.nixcache.closure.plugins.module_utils.substituters import Substituter
+from ansible_collections.nixcache.closure.plugins.module_utils.substituters import Substituter, read_at_most
 
 try:
     import boto3
@@ -146,21 +146,24 @@ class S3Substituter(Substituter):
                                    ' (%s)' % message if message else '', self.credentials),
                                 cache=self.url)
 
-    def _read(self, relative_url):
+    def _read(self, relative_url, limit):
         try:
             response = self._get(relative_url)
         except _Missing:
             return None
+        if (response.get('ContentLength') or 0) > limit:   # refused before it is read
+            response['Body'].close()
+            raise self._too_large(relative_url, None, response['ContentLength'])
         body = _Body(response['Body'])
         try:
-            return body.read()
+            return read_at_most(body, limit)
         finally:
             body.close()
 
     def _open(self, relative_url):
         return self.open_at(relative_url, 0)[0]
 
-    def open_at(self, relative_url, offset):
+    def open_at(self, relative_url, offset, seconds=None):
         try:
             response = self._get(relative_url, offset)
         except _Missing as missing:

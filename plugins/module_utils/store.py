@@ -13,7 +13,6 @@ valid: the store invariant Nix relies on.  While a ``LocalStore`` is open it als
 which take it exclusively) deletes anything under our feet.
 """
 
-import errno
 import fcntl
 import io
 import os
@@ -22,7 +21,7 @@ import threading
 import time
 import uuid
 
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import HashMismatch, StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import HashMismatch, StoreError, file_errors
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     HashingReader,
     format_base16,
@@ -97,6 +96,7 @@ class LocalStore(object):
         self.state_dir = under_root(root, '/nix/var/nix')
         self.db_dir = os.path.join(self.state_dir, 'db')
         self.db_path = os.path.join(self.db_dir, 'db.sqlite')
+        self._schema_file = os.path.join(self.db_dir, 'schema')
         self._db = None
         self._db_lock = threading.Lock()
         self._big_lock = None
@@ -114,25 +114,46 @@ class LocalStore(object):
 
     def open(self):
         if self.create:
-            self._create_layout()
+            with file_errors('cannot prepare the store', self.root):
+                self._create_layout()
         elif not os.path.exists(self.db_path):
             return  # an empty store: nothing is valid, nothing to lock
-        self._check_schema()
         if self.hold_gc_lock:
             self._gc_lock = open_gc_lock(self.state_dir, fcntl.LOCK_SH)
-        self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
-                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._big_lock, fcntl.LOCK_SH)
+        with file_errors('cannot take the Nix database lock', self.db_dir):
+            self._big_lock = os.open(os.path.join(self.db_dir, 'big-lock'),
+                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._big_lock, fcntl.LOCK_SH)
         try:
+            if self.create and not os.path.exists(self._schema_file):
+                self._create_database()
+            self._check_schema()
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute('pragma foreign_keys = on')
-            if self.create:
-                self._db.execute('pragma journal_mode = wal')
-                self._db.executescript(SCHEMA_SQL)
         except sqlite3.Error as error:
             self.close()
             raise StoreError('cannot open the Nix database: %s' % error, path=self.db_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_database(self):
+        """A new store's database, under the exclusive big lock as Nix creates it: the
+        schema file is written last, so no one sees a schema without its tables."""
+        with file_errors('cannot create the Nix database', self.db_dir):
+            fcntl.flock(self._big_lock, fcntl.LOCK_EX)
+            try:
+                if not os.path.exists(self._schema_file):
+                    db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+                    try:
+                        db.execute('pragma journal_mode = wal')
+                        db.executescript(SCHEMA_SQL)
+                    finally:
+                        db.close()
+                    _write_file(self._schema_file, SCHEMA_VERSION.encode('ascii'), 0o644)
+            finally:
+                fcntl.flock(self._big_lock, fcntl.LOCK_SH)
 
     def close(self):
         if self._db is not None:
@@ -149,15 +170,12 @@ class LocalStore(object):
         for directory in ('db', 'gcroots', 'profiles', 'temproots'):
             os.makedirs(os.path.join(self.state_dir, directory), exist_ok=True)
         if not os.path.isdir(self.real_store_dir):
-            os.makedirs(self.real_store_dir)
+            os.makedirs(self.real_store_dir, exist_ok=True)  # another run may be at it too
             os.chmod(self.real_store_dir, 0o1775)  # as Nix creates it
-        schema_file = os.path.join(self.db_dir, 'schema')
-        if not os.path.exists(self.db_path) and not os.path.exists(schema_file):
-            _write_file(schema_file, SCHEMA_VERSION.encode('ascii'), 0o644)
         _reserve_space(os.path.join(self.db_dir, 'reserved'))
 
     def _check_schema(self):
-        schema_file = os.path.join(self.db_dir, 'schema')
+        schema_file = self._schema_file
         try:
             with open(schema_file) as handle:
                 found = handle.read().strip()
@@ -180,20 +198,23 @@ class LocalStore(object):
         directory = self.real_store_dir
         while not os.path.exists(directory):
             directory = os.path.dirname(directory)
-        stats = os.statvfs(directory)
+        with file_errors('cannot read the free space', directory):
+            stats = os.statvfs(directory)
         return stats.f_bavail * stats.f_frsize
 
     def temp_dir_for(self, store_path):
-        """A fresh name beside the final one; never a valid store path name."""
-        return os.path.join(self.real_store_dir, '%s%s-%s' % (
-            TEMP_PREFIX, uuid.uuid4().hex[:12], store_path.base))
+        """A fresh name beside the final one; never a valid store path name.  It carries
+        our process id, so that other runs leave it alone while we are alive."""
+        return os.path.join(self.real_store_dir, '%s%d-%s-%s' % (
+            TEMP_PREFIX, os.getpid(), uuid.uuid4().hex[:12], store_path.base))
 
     def commit(self, temp_dir, store_path):
         """Move a complete, verified tree into place."""
         final = self.real_path(store_path)
         if os.path.lexists(final):
             raise StoreError('the store path already exists on disk', path=str(store_path))
-        os.rename(temp_dir, final)
+        with file_errors('cannot move the unpacked path into place', final):
+            os.rename(temp_dir, final)
 
     def discard(self, path):
         """Delete a tree inside the store, even a read-only one; refuse anything else."""
@@ -201,19 +222,19 @@ class LocalStore(object):
         if not inside or os.path.basename(path) in ('', '.', '..'):
             raise StoreError('refusing to delete outside the store', path=path,
                              expected='an entry of %s' % self.real_store_dir)
-        if os.path.lexists(path):
+        with file_errors('cannot delete', path):
             remove_tree(path)
 
     def remove_invalid(self, store_path):
-        """Delete what lies at an unregistered path and our stale temporary copies of it.
-
-        Call with the path's lock held.
-        """
+        """Delete what lies at an unregistered path, and temporary copies of it left by
+        runs that are gone (a crash).  Call with the path's lock held."""
         if os.path.lexists(self.real_path(store_path)) and not self.is_valid(store_path):
             self.discard(self.real_path(store_path))
         suffix = '-' + store_path.base
-        for name in os.listdir(self.real_store_dir):
-            if name.startswith(TEMP_PREFIX) and name.endswith(suffix):
+        with file_errors('cannot list the store', self.real_store_dir):
+            names = os.listdir(self.real_store_dir)
+        for name in names:
+            if name.startswith(TEMP_PREFIX) and name.endswith(suffix) and not _owner_alive(name):
                 self.discard(os.path.join(self.real_store_dir, name))
 
     def lock_path(self, store_path):
@@ -226,7 +247,10 @@ class LocalStore(object):
         if self._db is None:
             return []
         with self._db_lock:
-            return self._db.execute(sql, parameters).fetchall()
+            try:
+                return self._db.execute(sql, parameters).fetchall()
+            except sqlite3.Error as error:
+                raise StoreError('reading the Nix database failed: %s' % error, path=self.db_path)
 
     def is_valid(self, store_path):
         return store_path in self.valid_subset([store_path])
@@ -386,34 +410,61 @@ class _PathLock(object):
         self._fd = None
 
     def __enter__(self):
-        while True:
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_size == 0:
-                self._fd = fd
-                return self
-            os.close(fd)  # stale: its owner deleted it; take a new one
+        with file_errors('cannot lock', self.lock_file):
+            while True:
+                fd = os.open(self.lock_file, _LOCK_FLAGS, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    fresh = os.fstat(fd).st_size == 0
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if fresh:
+                    self._fd = fd
+                    return self
+                os.close(fd)  # stale: its owner deleted it; take a new one
 
     def __exit__(self, *exc_info):
         try:
-            os.unlink(self.lock_file)
-        except OSError as error:
-            if error.errno != errno.ENOENT:
-                raise
-        os.write(self._fd, b'd')
-        os.close(self._fd)
-        self._fd = None
+            with file_errors('cannot release the lock', self.lock_file):
+                try:
+                    os.unlink(self.lock_file)
+                except FileNotFoundError:
+                    pass
+                os.write(self._fd, b'd')
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _owner_alive(temp_name):
+    """Whether the process named in a temporary directory's name still runs."""
+    pid = temp_name[len(TEMP_PREFIX):].split('-', 1)[0]
+    if not pid.isdigit():
+        return False          # an older name without one
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:           # it exists, as another user
+        return True
+    return True
 
 
 def open_gc_lock(state_dir, operation):
     """``STATE/gc.lock`` flocked as Nix 2.8 does: shared by anything that adds or reads paths,
     exclusive by a garbage collector.  Waits for the lock; returns the descriptor."""
     path = os.path.join(state_dir, 'gc.lock')
-    try:
+    with file_errors('cannot take the garbage collector lock', path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as error:
-        raise StoreError('cannot open the garbage collector lock: %s' % error.strerror, path=path)
-    fcntl.flock(fd, operation)
+        try:
+            fcntl.flock(fd, operation)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 

@@ -15,9 +15,10 @@ import netrc
 import os
 import random
 import socket
+import threading
 import time
 
-from ansible.module_utils.six.moves.urllib.parse import urlparse, unquote
+from ansible.module_utils.six.moves.urllib.parse import urlparse, urlunparse, unquote
 from ansible.module_utils.urls import Request
 
 try:  # ansible-core 2.14 and later: one TLS context for every request to a cache
@@ -39,10 +40,25 @@ from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 # anonymous readers of a missing key, and Nix treats both the same way.
 MISSING_STATUSES = (403, 404)
 DEFAULT_PRIORITY = 50
+MASK = '********'   # stands for a password in every URL we show
+# The longest .narinfo or nix-cache-info accepted: real ones are well under 4 KiB.
+TEXT_LIMIT = 1 << 20
+
+
+# A NAR download attempt may last ``timeout`` plus NarSize at this many bytes a second,
+NAR_MIN_RATE = 256 * 1024
+# and ends sooner if fewer than this many bytes a second arrive over ``timeout`` seconds.
+LOW_SPEED = 1024
 
 
 class CacheOptions(object):
-    """How to talk to caches: time-outs, retries and HTTP client settings."""
+    """How to talk to caches: time-outs, retries and HTTP client settings.
+
+    ``timeout`` bounds one request attempt in total, from connecting to the last byte:
+    a server that drips or stalls cannot hold it longer.  A NAR download attempt may go
+    on for NarSize / ``NAR_MIN_RATE`` seconds more, as long as every ``timeout`` seconds
+    bring ``LOW_SPEED`` bytes a second.
+    """
 
     def __init__(self, timeout=30, retries=3, validate_certs=True, backoff=0.5, http=None, aws=None):
         self.timeout = timeout
@@ -60,7 +76,8 @@ class Substituter(object):
     """A binary cache.  Subclasses implement ``_read`` and ``_open``."""
 
     def __init__(self, url, options=None, store_dir=STORE_DIR):
-        self.url = url.rstrip('/')
+        # what results, receipts and messages show: never the password
+        self.url = redact_url(url.rstrip('/'))
         self.options = options or CacheOptions()
         self.store_dir = store_dir
         self._info = None
@@ -77,16 +94,19 @@ class Substituter(object):
             return None
         return NarInfo.parse(text, store_dir=self.store_dir, source=self.url)
 
-    def open_nar(self, relative_url, store_path=None):
+    def open_nar(self, relative_url, store_path=None, nar_size=None):
         """A readable stream of the file a narinfo's URL names (still compressed).
 
-        A connection that breaks off mid-file is reopened where it stopped (see
-        ResumingStream), up to ``retries`` times.
+        A connection that breaks off mid-file, or an attempt that outlasts its deadline
+        (``timeout`` plus ``nar_size`` at NAR_MIN_RATE), is reopened where it stopped
+        (see ResumingStream), up to ``retries`` times.
         """
-        return ResumingStream(self, relative_url, store_path)
+        return ResumingStream(self, relative_url, store_path, nar_size)
 
-    def open_at(self, relative_url, offset):
-        """(stream, position): the file from ``offset`` when the cache can, else from 0."""
+    def open_at(self, relative_url, offset, seconds=None):
+        """(stream, position): the file from ``offset`` when the cache can, else from 0.
+
+        ``seconds`` bounds the whole attempt, where the transport allows (HTTP)."""
         return self._open(relative_url), 0
 
     def cache_info(self):
@@ -107,9 +127,12 @@ class Substituter(object):
             return DEFAULT_PRIORITY
 
     def _read_text(self, relative_url, store_path):
-        data = self._with_retries(lambda: self._read(relative_url), relative_url, store_path)
+        data = self._with_retries(lambda: self._read(relative_url, TEXT_LIMIT), relative_url,
+                                  store_path)
         if data is None:
             return None
+        if len(data) > TEXT_LIMIT:
+            raise self._too_large(relative_url, store_path)
         try:
             return data.decode('utf-8')
         except UnicodeDecodeError:
@@ -121,7 +144,9 @@ class Substituter(object):
         while True:
             try:
                 return action()
-            except NixCacheError:
+            except NixCacheError as error:
+                error.path = error.path or _path_str(store_path)
+                error.cache = error.cache or self.url
                 raise
             except Exception as error:  # network errors come in many types
                 if not _is_transient(error) or attempt >= self.options.retries:
@@ -135,7 +160,14 @@ class Substituter(object):
                 time.sleep(self.options.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
                 attempt += 1
 
-    def _read(self, relative_url):
+    def _too_large(self, relative_url, store_path, size=None):
+        return CacheUnavailable('the cache answered %s with more than %d bytes: refused'
+                                % (relative_url, TEXT_LIMIT), path=_path_str(store_path),
+                                cache=self.url, expected='at most %d bytes' % TEXT_LIMIT,
+                                found='%d bytes' % size if size is not None else None)
+
+    def _read(self, relative_url, limit):
+        """The file's bytes, read up to ``limit + 1`` bytes at most; None if missing."""
         raise NotImplementedError
 
     def _open(self, relative_url):
@@ -153,16 +185,16 @@ class FileSubstituter(Substituter):
         # narinfo URLs are checked to be relative and free of '..' when parsed
         return os.path.join(self.directory, *relative_url.split('/'))
 
-    def _read(self, relative_url):
+    def _read(self, relative_url, limit):
         try:
             with open(self._local_path(relative_url), 'rb') as handle:
-                return handle.read()
+                return read_at_most(handle, limit)
         except (IOError, OSError) as error:
             if error.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
             raise
 
-    def open_at(self, relative_url, offset):
+    def open_at(self, relative_url, offset, seconds=None):
         stream = self._open(relative_url)
         stream.seek(offset)
         return stream, offset
@@ -189,11 +221,17 @@ class HttpSubstituter(Substituter):
     def __init__(self, url, options=None, store_dir=STORE_DIR):
         super(HttpSubstituter, self).__init__(url, options, store_dir)
         self._context = None
-        self._request_args, self.credentials = self._authentication()
+        self._address, user, password = split_credentials(url.rstrip('/'))
+        self._request_args, self.credentials = self._authentication(user, password)
 
-    def _authentication(self):
-        """(keyword arguments for Request.open, a description of the credentials: no secrets)."""
+    def _authentication(self, url_user=None, url_password=None):
+        """(keyword arguments for Request.open, a description of the credentials: no secrets).
+
+        ``user:password@`` in the cache URL counts as url_username/url_password unless
+        those options are set."""
         http = dict(self.options.http)
+        if url_user is not None and not http.get('url_username') and not http.get('bearer_token'):
+            http.update(url_username=url_user, url_password=url_password or '')
         netrc_file = http.pop('netrc_file', None)
         token = http.pop('bearer_token', None)
         for tls_option in ('ca_path', 'client_cert', 'client_key'):  # in the TLS context
@@ -226,15 +264,18 @@ class HttpSubstituter(Substituter):
                                          client_key=http.get('client_key'))
         return self._context
 
-    def _request(self, relative_url, headers=None):
+    def _request(self, relative_url, headers=None, deadline=None):
+        """The response to a GET, read through a Deadline (by default ``timeout`` from now)."""
         args = dict(self._request_args)
         if headers:
             args['headers'] = dict(args.get('headers') or {}, **headers)
+        deadline = deadline or Deadline(self.options.timeout)
+        context = self._tls_context()
         try:
-            return Request().open('GET', '%s/%s' % (self.url, relative_url),
-                                  timeout=self.options.timeout,
-                                  validate_certs=self.options.validate_certs,
-                                  context=self._tls_context(), **args)
+            response = deadline.call(lambda: Request().open(
+                'GET', '%s/%s' % (self._address, relative_url), timeout=self.options.timeout,
+                validate_certs=self.options.validate_certs, context=context, **args))
+            return DeadlineReader(response, deadline, self.options.timeout)
         except HTTPError as error:
             if error.code in (401, 407):
                 raise CacheUnavailable('the cache refused the credentials (HTTP %d %s); tried: %s'
@@ -242,7 +283,7 @@ class HttpSubstituter(Substituter):
                                        cache=self.url)
             raise
 
-    def _read(self, relative_url):
+    def _read(self, relative_url, limit):
         try:
             response = self._request(relative_url)
         except HTTPError as error:
@@ -250,23 +291,29 @@ class HttpSubstituter(Substituter):
                 return None
             raise
         try:
-            return response.read()
+            declared = _content_length(response)
+            if declared is not None and declared > limit:   # refused before it is read
+                raise self._too_large(relative_url, None, declared)
+            return read_at_most(response, limit)
         finally:
             response.close()
 
-    def _open(self, relative_url, headers=None):
+    def _open(self, relative_url, headers=None, deadline=None):
         try:
-            return self._request(relative_url, headers)
+            return self._request(relative_url, headers, deadline)
         except HTTPError as error:
             if error.code in MISSING_STATUSES:
                 raise CacheUnavailable('the cache lists %s but answers HTTP %d for it'
                                        % (relative_url, error.code), cache=self.url)
             raise
 
-    def open_at(self, relative_url, offset):
+    def open_at(self, relative_url, offset, seconds=None):
+        timeout = self.options.timeout
+        deadline = Deadline(max(seconds or timeout, timeout), window=timeout,
+                            window_bytes=timeout * LOW_SPEED)
         if not offset:
-            return self._open(relative_url), 0
-        response = self._open(relative_url, {'Range': 'bytes=%d-' % offset})
+            return self._open(relative_url, deadline=deadline), 0
+        response = self._open(relative_url, {'Range': 'bytes=%d-' % offset}, deadline)
         status = getattr(response, 'status', None) or response.getcode()
         content_range = response.headers.get('Content-Range') or ''
         if status == 206 and content_range.startswith('bytes %d-' % offset):
@@ -284,15 +331,23 @@ class ResumingStream(object):
 
     SKIP_CHUNK = 1 << 18
 
-    def __init__(self, substituter, relative_url, store_path=None):
+    def __init__(self, substituter, relative_url, store_path=None, nar_size=None):
         self._cache = substituter
         self._url = relative_url
         self._store_path = store_path
+        self._nar_size = nar_size
         self._offset = 0
         self._resumed = 0
-        self._stream = substituter._with_retries(lambda: substituter.open_at(relative_url, 0)[0],
-                                                 relative_url, store_path)
+        self._stream = substituter._with_retries(
+            lambda: substituter.open_at(relative_url, 0, self._seconds())[0],
+            relative_url, store_path)
         self._length = _content_length(self._stream)
+
+    def _seconds(self):
+        """How long the next attempt may last: the time-out, plus the rest of the NAR
+        at the slowest rate we wait for."""
+        rest = max(0, (self._nar_size or 0) - self._offset)
+        return self._cache.options.timeout + float(rest) / NAR_MIN_RATE
 
     def read(self, size=-1):
         while True:
@@ -321,7 +376,8 @@ class ResumingStream(object):
         self.close()
         time.sleep(options.backoff * (2 ** (self._resumed - 1)) * random.uniform(0.5, 1.5))
         stream, position = self._cache._with_retries(
-            lambda: self._cache.open_at(self._url, self._offset), self._url, self._store_path)
+            lambda: self._cache.open_at(self._url, self._offset, self._seconds()),
+            self._url, self._store_path)
         while position < self._offset:  # no range support: skip what was read already
             skipped = stream.read(min(self.SKIP_CHUNK, self._offset - position))
             if not skipped:
@@ -337,6 +393,158 @@ class ResumingStream(object):
                 self._stream.close()
             except Exception:  # a broken connection may fail to close; it is dropped anyway
                 pass
+
+
+class Deadline(object):
+    """The end of one request attempt, ``seconds`` from now.
+
+    With ``window``, the answer must also bring ``window_bytes`` in every ``window``
+    seconds from the start (the headers within the first): a server that drips is cut
+    off after ``window`` seconds, however long the whole attempt may take.
+    """
+
+    def __init__(self, seconds, window=None, window_bytes=0):
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.end = self.start + seconds
+        self.window = window
+        self.window_bytes = window_bytes
+        self.window_end = self.start + (window or seconds)
+        self.received = 0          # bytes in the current window
+
+    def left(self):
+        """Seconds the next wait may take; raises socket.timeout (a transient error)
+        once the attempt is over."""
+        now = time.monotonic()
+        if now >= self.end:
+            raise socket.timeout('no complete answer within %g s' % self.seconds)
+        if self.window is None:
+            return self.end - now
+        while now >= self.window_end:
+            if self.received < self.window_bytes:
+                raise socket.timeout('less than %d bytes in %g s' % (self.window_bytes,
+                                                                     self.window))
+            self.window_end += self.window
+            self.received = 0
+        end = self.window_end
+        if self.received >= self.window_bytes:   # this window is done: the next one counts
+            end += self.window
+        return min(self.end, end) - now
+
+    def count(self, size):
+        self.received += size
+
+    def call(self, action):
+        """``action()`` (connect, send, read the headers), given up at the deadline.
+
+        It runs in a helper thread that closes whatever it opened if it ends too late:
+        a server that drips its headers cannot hold us.
+        """
+        helper = _Helper(action)
+        thread = threading.Thread(target=helper.run, name='nixcache-request')
+        thread.daemon = True
+        thread.start()
+        if not helper.done.wait(self.left()):
+            with helper.lock:
+                if not helper.done.is_set():
+                    helper.abandoned = True
+                    raise socket.timeout('no answer within %g s' % (self.window or self.seconds))
+        if helper.error is not None:
+            raise helper.error
+        return helper.value
+
+
+class _Helper(object):
+    def __init__(self, action):
+        self.action = action
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.abandoned = False
+        self.value = self.error = None
+
+    def run(self):
+        value = error = None
+        try:
+            value = self.action()
+        except BaseException as caught:  # handed to the waiting thread
+            error = caught
+        with self.lock:
+            if not self.abandoned:
+                self.value, self.error = value, error
+                self.done.set()
+                return
+        if value is not None:
+            try:
+                value.close()
+            except Exception:
+                pass
+
+
+class DeadlineReader(object):
+    """An HTTP response whose reads end at a Deadline, however slowly bytes arrive.
+
+    Each read gathers socket reads (``read1``), each with the time left as its
+    time-out, so a server sending a byte a second is cut off at the deadline; what
+    arrived before is handed over, so a resumed download starts after it.
+    """
+
+    def __init__(self, response, deadline, read_timeout):
+        self._response = response
+        self._deadline = deadline
+        self._read_timeout = read_timeout
+        self._socket = _socket_of(response)
+        self.headers = getattr(response, 'headers', None)
+        self.status = getattr(response, 'status', None)
+
+    def getcode(self):
+        return self._response.getcode()
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = 1 << 18
+        read1 = getattr(self._response, 'read1', None)
+        if read1 is None:
+            self._deadline.left()
+            data = self._response.read(size)
+            self._deadline.count(len(data))
+            return data
+        parts, have = [], 0
+        while have < size:    # one socket read at a time, each within the time left
+            try:
+                left = self._deadline.left()
+                if self._socket is not None:
+                    self._socket.settimeout(min(left, self._read_timeout))
+                data = read1(size - have)
+            except Exception:
+                if parts:     # hand over what arrived; the next read fails again
+                    break
+                raise
+            if not data:
+                break
+            self._deadline.count(len(data))
+            parts.append(data)
+            have += len(data)
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    def close(self):
+        self._response.close()
+
+
+def _socket_of(response):
+    raw = getattr(getattr(response, 'fp', None), 'raw', None)
+    return getattr(raw, '_sock', None)
+
+
+def read_at_most(stream, limit):
+    """Read ``stream`` to its end, but no more than ``limit + 1`` bytes."""
+    parts, size = [], 0
+    while size <= limit:
+        data = stream.read(limit + 1 - size)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b''.join(parts)
 
 
 def _content_length(stream):
@@ -356,6 +564,39 @@ SCHEMES = {
 }
 
 
+def split_credentials(url):
+    """(``url`` without ``user:password@``, user, password); user is None without any."""
+    parsed = urlparse(url)
+    userinfo, at, host = parsed.netloc.rpartition('@')
+    if not at:
+        return url, None, None
+    user, _sep, password = userinfo.partition(':')
+    return urlunparse(parsed._replace(netloc=host)), unquote(user), unquote(password)
+
+
+def redact_url(url):
+    """``url`` with its password masked; a lone user part (often a token) is masked too."""
+    parsed = urlparse(url)
+    userinfo, at, host = parsed.netloc.rpartition('@')
+    if not at:
+        return url
+    user, sep, _password = userinfo.partition(':')
+    shown = '%s:%s' % (user, MASK) if sep else MASK
+    return urlunparse(parsed._replace(netloc='%s@%s' % (shown, host)))
+
+
+def url_secrets(urls):
+    """The passwords (and lone user parts) in cache URLs, for Ansible's no_log values."""
+    secrets = set()
+    for url in urls:
+        _address, user, password = split_credentials(url)
+        if password:
+            secrets.add(password)
+        elif user:
+            secrets.add(user)
+    return secrets
+
+
 def make_substituter(url, options=None, store_dir=STORE_DIR):
     """The Substituter for a cache URL; an unknown scheme is a clear error."""
     scheme = urlparse(url).scheme
@@ -364,7 +605,8 @@ def make_substituter(url, options=None, store_dir=STORE_DIR):
         return S3Substituter(url, options, store_dir)
     if scheme not in SCHEMES:
         raise CacheUnavailable('unsupported cache URL scheme %r (supported: %s)'
-                               % (scheme, ', '.join(sorted(SCHEMES) + ['s3'])), cache=url)
+                               % (scheme, ', '.join(sorted(SCHEMES) + ['s3'])),
+                               cache=redact_url(url))
     return SCHEMES[scheme](url, options, store_dir)
 
 

@@ -219,6 +219,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import MI
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.substituters import url_secrets
 
 
 def main():
@@ -235,6 +236,8 @@ def main():
     )
     params = module.params
     progress = Progress()
+    # a password in a cache URL is masked in everything the module returns
+    module.no_log_values.update(url_secrets(params['substituters']))
     try:
         requested = parse_store_paths(params['paths'])
         if requested:
@@ -259,7 +262,7 @@ def main():
                                if entry['state'] == 'fetched')
                 result['receipts'] = write_receipts(store, requested, sources, root=params['root'])
                 result['changed'] = result['changed'] or bool(result['receipts'])
-    except NixCacheError as error:
+    except (NixCacheError, OSError) as error:
         module.fail_json(**failure(error))
     finally:
         progress.remove()

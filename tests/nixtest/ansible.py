@@ -156,7 +156,7 @@ class PlaybookResult:
 
 def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=None, diff=False,
                  limit=None, tags=None, args=(), interpreter=None, verbosity=0, timeout=1800,
-                 workdir=None, keep=False, ansible_playbook=None):
+                 workdir=None, keep=False, ansible_playbook=None, prefix=()):
     """Run a playbook and return a PlaybookResult.
 
     ``playbook``: YAML text (or a list of plays, written as JSON).  ``inventory``: INI
@@ -167,6 +167,8 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
     ``workdir``: where to put the run's files (default: a new temporary directory,
     removed after a successful run unless ``keep``).  ``ansible_playbook``: another
     controller's ``ansible-playbook`` (default: the one beside the running Python).
+    ``prefix``: a command that runs ``ansible-playbook`` (e.g.
+    ``['prlimit', '--nofile=256', '--']``).
     """
     own_workdir = workdir is None
     workdir = tempfile.mkdtemp(prefix='nixtest-ansible-') if own_workdir else str(workdir)
@@ -191,7 +193,7 @@ def run_playbook(playbook, inventory=None, extra_vars=None, check=False, env=Non
     if os.path.exists(results_file):
         os.unlink(results_file)
 
-    command = [ansible_playbook or ansible_bin(), '-i', inventory_file, playbook_file]
+    command = list(prefix) + [ansible_playbook or ansible_bin(), '-i', inventory_file, playbook_file]
     if extra_vars:
         vars_file = os.path.join(workdir, 'extra_vars.json')
         with open(vars_file, 'w') as f:

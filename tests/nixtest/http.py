@@ -16,6 +16,9 @@ pattern on the URL path (the first matching fault wins) and can:
 * send the right headers but only ``truncate_after`` bytes of the body, then close,
 * ``reset`` the connection (TCP RST) without answering,
 * ``corrupt`` the body (flip one byte at that offset), keeping its length,
+* ``drip`` the answer, headers and body: one byte every ``drip`` seconds,
+* ``hold`` the connection silent for that many seconds after ``truncate_after`` bytes
+  (a server that stalls mid-body) before closing it,
 * apply only ``times`` times (then the request is served normally).
 
 ``require_basic_auth(user, password)`` / ``require_bearer(token)`` answer 401 to requests
@@ -48,8 +51,10 @@ class Fault:
     """One injected fault; see the module docstring."""
 
     def __init__(self, pattern, status=None, delay=0.0, truncate_after=None, reset=False,
-                 corrupt=None, times=None, methods=('GET', 'HEAD')):
+                 corrupt=None, times=None, methods=('GET', 'HEAD'), drip=None, hold=None):
         self.pattern = pattern
+        self.drip = drip
+        self.hold = hold
         self.status = status
         self.delay = delay
         self.truncate_after = truncate_after
@@ -68,9 +73,9 @@ class Fault:
 
     def __repr__(self):
         return 'Fault(%r, status=%r, delay=%r, truncate_after=%r, reset=%r, corrupt=%r, ' \
-               'times=%r, hits=%r)' % (self.pattern, self.status, self.delay,
-                                       self.truncate_after, self.reset, self.corrupt,
-                                       self.times, self.hits)
+               'times=%r, drip=%r, hold=%r, hits=%r)' % (
+                   self.pattern, self.status, self.delay, self.truncate_after, self.reset,
+                   self.corrupt, self.times, self.drip, self.hold, self.hits)
 
 
 class Request:
@@ -153,18 +158,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header('Accept-Ranges', 'bytes')
         if status == 206:
             self.send_header('Content-Range', 'bytes %d-%d/%d' % (start, end, size))
-        self.end_headers()
+        if fault is not None and fault.drip:
+            if not self._drip_headers(fault.drip):
+                return
+        else:
+            self.end_headers()
         if not body:
             return
 
         limit = length
         if fault is not None and fault.truncate_after is not None:
             limit = min(length, fault.truncate_after)
+        chunk_size = 1 if fault is not None and fault.drip else CHUNK
         with open(filename, 'rb') as f:
             f.seek(start)
             sent = 0
             while sent < limit:
-                chunk = f.read(min(CHUNK, limit - sent))
+                if chunk_size == 1:
+                    if owner._stopping.wait(fault.drip):
+                        break
+                    self.wfile.flush()
+                chunk = f.read(min(chunk_size, limit - sent))
                 if not chunk:
                     break
                 if fault is not None and fault.corrupt is not None \
@@ -180,11 +194,27 @@ class _Handler(BaseHTTPRequestHandler):
         if limit < length:
             entry.truncated = True
             self.wfile.flush()
+            if fault is not None and fault.hold:
+                owner._stopping.wait(fault.hold)
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _drip_headers(self, interval):
+        """Send the status line and headers one byte at a time; False if the client left."""
+        self._headers_buffer.append(b'\r\n')
+        data = b''.join(self._headers_buffer)
+        self._headers_buffer = []
+        for index in range(len(data)):
+            if self.server.owner._stopping.wait(interval):
+                return False
+            try:
+                self.wfile.write(data[index:index + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return False
+        return True
 
     def _send_empty(self, entry, status, headers=None):
         entry.status = status
@@ -250,6 +280,7 @@ class CacheServer:
         self.ranges_ignored = False  # answer Range requests with the whole file (200)
         self._httpd = None
         self._thread = None
+        self._stopping = threading.Event()   # ends dripping and holding answers
 
     # lifecycle
     def start(self):
@@ -265,6 +296,7 @@ class CacheServer:
         return self
 
     def stop(self):
+        self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()

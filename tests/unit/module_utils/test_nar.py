@@ -631,3 +631,96 @@ def test_cleanup_of_read_only_directories_as_an_unprivileged_user(tmp_path):
         for top, _dirs, _files in os.walk(shared):
             os.chmod(top, 0o755)
         shutil.rmtree(shared)
+
+
+# --- descriptors and races ----------------------------------------------------------
+
+def open_descriptors():
+    return len(os.listdir('/proc/self/fd'))
+
+
+class CountingDescriptors(object):
+    """A stream that notes the most descriptors this process held while it was read."""
+
+    def __init__(self, data):
+        self.stream = Trickle(data, largest=4096)
+        self.most = open_descriptors()
+
+    def read(self, size):
+        self.most = max(self.most, open_descriptors())
+        return self.stream.read(size)
+
+
+def test_unpack_holds_descriptors_by_depth_not_by_directory_count(tmp_path):
+    """3100 directories two levels deep: a handful of descriptors, all released after."""
+    node = directory(*[('d%04d' % outer, directory(*[
+        ('e%02d' % inner, directory(('f', regular(b'x')))) for inner in range(30)]))
+        for outer in range(100)])
+    data = archive(node)
+    before = open_descriptors()
+    stream = CountingDescriptors(data)
+    nar.unpack(stream, tmp_path / 'out')
+    assert open_descriptors() == before
+    assert stream.most - before <= 3 + 2      # the open directories, a file, the listing
+    assert sum(len(dirs) for _top, dirs, _files in os.walk(tmp_path / 'out')) == 100 + 100 * 30
+    assert dump_bytes(tmp_path / 'out') == data
+
+
+def test_remove_tree_never_follows_a_symlink_swapped_in_mid_removal(tmp_path, monkeypatch):
+    """A directory swapped for a symlink to a precious tree after it was listed: the
+    link goes, what it points to stays untouched."""
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (outside / 'precious').write_text('keep me')
+    outside.chmod(0o755)
+    stale = tmp_path / 'stale'
+    (stale / 'sub').mkdir(parents=True)
+    (stale / 'sub' / 'file').write_text('x')
+    (stale / 'z').write_text('y')
+    stale.chmod(0o555)
+    real_scandir = os.scandir
+    swapped = []
+
+    class Listing(object):
+        def __init__(self, entries):
+            self.entries = entries
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc_info):
+            return False
+
+        def __iter__(self):
+            return iter(self.entries)
+
+    def swapping_scandir(target):
+        with real_scandir(target) as entries:
+            listed = list(entries)
+        if not swapped and any(entry.name == 'sub' for entry in listed):
+            os.chmod(stale, 0o755)
+            os.rename(stale / 'sub', tmp_path / 'moved-away')
+            os.symlink(outside, stale / 'sub')
+            swapped.append(True)
+        return Listing(listed)
+
+    monkeypatch.setattr(nar.os, 'scandir', swapping_scandir)
+    nar.remove_tree(stale)
+    monkeypatch.undo()
+    assert swapped
+    assert not os.path.lexists(stale)
+    assert (outside / 'precious').read_text() == 'keep me'
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o755
+
+
+def test_remove_tree_names_the_path_it_cannot_remove(tmp_path):
+    stale = tmp_path / 'stale'
+    (stale / 'sub').mkdir(parents=True)
+    (stale / 'sub' / 'stuck').write_text('x')
+    subprocess.run(['chattr', '+i', str(stale / 'sub' / 'stuck')], check=True)
+    try:
+        with pytest.raises(OSError) as raised:
+            nar.remove_tree(stale)
+        assert str(stale) in str(raised.value) and 'stuck' in str(raised.value)
+    finally:
+        subprocess.run(['chattr', '-i', str(stale / 'sub' / 'stuck')], check=True)
