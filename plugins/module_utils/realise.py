@@ -161,14 +161,15 @@ class Realiser(object):
                                         other.cancel()
                             failures.append(error)
                             continue
-                        if step == 'unpack' and result is not None:
-                            unpacked[path] = result
-                            install_if_ready(path)
-                            continue
+                        if step == 'unpack':   # downloaded and checked (or valid already)
+                            self.progress.path_done(str(path), result[2] if result else 0)
+                            if result is not None:
+                                unpacked[path] = result
+                                install_if_ready(path)
+                                continue
                         if step == 'install' and result is not None:
                             used.append(result[0])
                             downloaded[path] = result[1]
-                            self.progress.path_done(str(path), result[1])
                         now_valid(path)
             except BaseException:
                 for future in running:
