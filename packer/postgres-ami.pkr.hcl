@@ -398,12 +398,13 @@ source "amazon-ebs" "postgres" {
 }
 
 build {
-  # An architecture without pins fails here with "Invalid index": give its pins, or build
-  # the others with -only.
+  # An architecture without pins stops the build here (Packer 1.6.6 has no way to fail with
+  # a message of one's own: file() of a path that is the message does it).  -only leaves
+  # the other source out, and this check with it.
   source "amazon-ebs.postgres" {
     name          = "x86_64"
     instance_type = local.build["x86_64"].instance_type
-    ami_name      = local.build["x86_64"].ami_name
+    ami_name      = contains(keys(local.build), "x86_64") ? local.build["x86_64"].ami_name : file("no pins for x86_64: add pins.x86_64 (or pins.x86_64-linux), or build arm64 alone with -only=amazon-ebs.arm64")
     source_ami    = local.build["x86_64"].source_ami
     ssh_port      = local.build["x86_64"].ssh_port
     dynamic "source_ami_filter" {
@@ -423,7 +424,7 @@ build {
   source "amazon-ebs.postgres" {
     name          = "arm64"
     instance_type = local.build["arm64"].instance_type
-    ami_name      = local.build["arm64"].ami_name
+    ami_name      = contains(keys(local.build), "arm64") ? local.build["arm64"].ami_name : file("no pins for arm64: add pins.arm64 (or pins.aarch64-linux), or build x86_64 alone with -only=amazon-ebs.x86_64")
     source_ami    = local.build["arm64"].source_ami
     ssh_port      = local.build["arm64"].ssh_port
     dynamic "source_ami_filter" {

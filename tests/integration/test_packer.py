@@ -375,6 +375,12 @@ def test_templates_validate(tmp_path):
     proc = validate(tmp_path, dict(VALIDATE_VARS, pins={'arm64': {'postgres': STORE_PATH_ARM}}),
                     only='arm64')
     assert proc.returncode == 0, show(proc)
+    # ... but not both with the pins of one
+    proc = validate(tmp_path, dict(VALIDATE_VARS, pins={'arm64': {'postgres': STORE_PATH_ARM}}))
+    output = ' '.join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0, show(proc)
+    assert ('no pins for x86_64: add pins.x86_64 (or pins.x86_64-linux), or build arm64 alone '
+            'with -only=amazon-ebs.arm64') in output, show(proc)
     # the pins, caches and keys are required
     missing = run_packer(['validate', TEMPLATE], str(tmp_path))
     assert missing.returncode != 0
