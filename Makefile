@@ -17,7 +17,8 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
 # openssl for the TLS cache's certificates, git for the sanity copy.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd xz-utils bzip2 sqlite3 \
-	debootstrap packer python3-venv openssl git ca-certificates
+	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
+	qemu-user-static
 
 .PHONY: help deps venv controllers unit integration sanity lint test demo bench clean distclean
 

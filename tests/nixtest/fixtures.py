@@ -7,6 +7,7 @@ Used by ``tests/conftest.py`` (session fixtures), the demo and the benchmark:
     pg_a = fixtures.pg_closure('a')              # tests/fixtures/postgresql.nix
     pg_b = fixtures.pg_closure('b')              # same Postgres, another top path
     extra = fixtures.pg_extra()                  # tests/fixtures/pg-extras.nix
+    aarch64 = fixtures.aarch64_closure()         # tests/fixtures/aarch64-hello.nix
     caches = fixtures.caches(keys, [small, pg_a, pg_b])
     caches['xz'].url                             # file:///.../build/fixtures/caches/xz
 
@@ -178,6 +179,15 @@ def nix_closure():
     top = nix.build('nix.nix')[0]
     paths, infos = _closure_of(top)
     return Closure('nix', top, paths, infos)
+
+
+def aarch64_closure():
+    """Build ``tests/fixtures/aarch64-hello.nix``: one store path with a static aarch64
+    program (``bin/aarch64-hello``), for the architecture guard."""
+    nix.require()
+    top = nix.build('aarch64-hello.nix')[0]
+    paths, infos = _closure_of(top)
+    return Closure('aarch64-hello', top, paths, infos)
 
 
 def _stamp_for(compression, key, closures):
