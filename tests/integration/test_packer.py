@@ -20,6 +20,7 @@ closure, which the fixtures do not build.
 """
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -528,6 +529,26 @@ def test_packer_build_two_architectures(aws_env, tmp_path, build_vars, moto, pac
         assert installed(target, 'zstd') and installed(target, 'python3-boto3'), arch
         for package in ('python3-brotli', 'python3-zstandard', 'python3-apt'):
             assert not installed(target, package), (arch, package)
+
+
+def test_packer_build_shows_progress_of_a_slow_realisation(
+        aws_env, tmp_path, build_vars, moto, pg_cache_server, caches, pg_closure_b, packer_targets):
+    """Inside Packer's provisioner, a realisation longer than 5 s prints progress lines.
+    Runs after the two-architecture build: on the x86_64 host only the other top path of
+    the Postgres closure is missing, and the cache holds its NAR back for 7 s."""
+    _require_packer()
+    pg_cache_server.fault('/xz/nar/*', delay=7, times=5)
+    try:
+        proc, manifest_path = packer_build(tmp_path, dict(
+            build_vars, ami_name_prefix='nixtest-progress', pins={'x86_64': {'postgres': pg_closure_b.top}},
+            substituters=[pg_cache_server.url_for('xz')],
+            trusted_public_keys=[caches['xz'].public_key]), only='x86_64')
+    finally:
+        pg_cache_server.clear_faults()
+    assert proc.returncode == 0, show(proc)
+    lines = re.findall(r'amazon-ebs\.x86_64: realise \[[^]]+\]: (\d+)/(\d+) paths, ', proc.stdout)
+    assert lines, show(proc)
+    assert os.path.exists(manifest_path)
 
 
 def test_packer_build_fails_on_untrusted_key(aws_env, tmp_path, build_vars, moto,
