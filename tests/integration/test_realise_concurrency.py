@@ -15,22 +15,10 @@ from ansible_collections.nixcache.closure.plugins.module_utils.receipts import w
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
-from nixtest.ansible import run_playbook
+from nixtest.ansible import realise_play, run_playbook
 
 
-PLAY = '''
-- hosts: all
-  gather_facts: false
-  tasks:
-    - name: Realise
-      nixcache.closure.realise:
-        paths: "{{ paths }}"
-        root: "{{ root }}"
-        substituters: "{{ substituters }}"
-        trusted_public_keys: "{{ keys }}"
-        jobs: "{{ jobs }}"
-      register: realised
-'''
+PLAY = realise_play(jobs='{{ jobs }}')
 RUN_TIMEOUT = 120     # a deadlocked run would wait forever; this ends the test instead
 
 

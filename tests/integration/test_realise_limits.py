@@ -28,24 +28,13 @@ from ansible_collections.nixcache.closure.plugins.module_utils.substituters impo
     make_substituter,
 )
 from nixtest import nix
-from nixtest.ansible import run_playbook
+from nixtest.ansible import realise_play, run_playbook
 from nixtest.http import CacheServer
 
 MIB = 1 << 20
 TEXT_LIMIT = MIB     # the documented limit of a .narinfo or nix-cache-info
 
-PLAY = '''
-- hosts: all
-  gather_facts: false
-  tasks:
-    - name: Realise
-      nixcache.closure.realise:
-        paths: "{{ paths }}"
-        root: "{{ root }}"
-        substituters: "{{ substituters }}"
-        trusted_public_keys: "{{ keys }}"
-      register: realised
-'''
+PLAY = realise_play()
 
 
 @pytest.fixture(scope='module')

@@ -10,23 +10,12 @@ import pytest
 
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import parse_hash
 from nixtest import nix
-from nixtest.ansible import run_playbook
+from nixtest.ansible import realise_play, run_playbook
 from nixtest.postgres import run_postgres_smoke
 
 pytestmark = pytest.mark.slow
 
-PLAY = '''
-- hosts: all
-  gather_facts: false
-  tasks:
-    - name: Realise
-      nixcache.closure.realise:
-        paths: "{{ paths }}"
-        root: "{{ root }}"
-        substituters: "{{ substituters }}"
-        trusted_public_keys: "{{ keys }}"
-      register: realised
-'''
+PLAY = realise_play()
 
 
 def realise(paths, root, substituters, keys, inventory=None, check=False):

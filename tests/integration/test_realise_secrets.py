@@ -9,23 +9,10 @@ import os
 import stat
 
 from nixtest import nix
-from nixtest.ansible import run_playbook
+from nixtest.ansible import realise_play, run_playbook
 
 PASSWORD = 'pa55-in-the-url'
-PLAY = '''
-- hosts: all
-  gather_facts: false
-  tasks:
-    - name: Realise
-      nixcache.closure.realise:
-        paths: "{{ paths }}"
-        root: "{{ root }}"
-        substituters: "{{ substituters }}"
-        trusted_public_keys: "{{ keys }}"
-        timeout: 5
-        retries: 0
-      register: realised
-'''
+PLAY = realise_play(timeout=5, retries=0)
 
 
 def url_with_password(server, cache, password=PASSWORD):

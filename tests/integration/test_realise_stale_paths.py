@@ -10,21 +10,10 @@ import pytest
 
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
-from nixtest.ansible import run_playbook
+from nixtest.ansible import realise_play, run_playbook
 from nixtest.spoil import realiser
 
-PLAY = '''
-- hosts: all
-  gather_facts: false
-  tasks:
-    - name: Realise
-      nixcache.closure.realise:
-        paths: "{{ paths }}"
-        root: "{{ root }}"
-        substituters: "{{ substituters }}"
-        trusted_public_keys: "{{ keys }}"
-      register: realised
-'''
+PLAY = realise_play()
 
 
 def stale_copy(root, store_path, outside):

@@ -43,6 +43,18 @@ def ensure_collection_link():
     return COLLECTIONS_PATH
 
 
+def realise_play(**options):
+    """A play of one ``nixcache.closure.realise`` task registered as ``realised``: ``paths``,
+    ``root``, ``substituters`` and ``keys`` come from the extra vars of those names;
+    ``options`` are further module options (values written as JSON, which YAML reads)."""
+    lines = ['- hosts: all', '  gather_facts: false', '  tasks:', '    - name: Realise',
+             '      nixcache.closure.realise:', '        paths: "{{ paths }}"',
+             '        root: "{{ root }}"', '        substituters: "{{ substituters }}"',
+             '        trusted_public_keys: "{{ keys }}"']
+    lines += ['        %s: %s' % (name, json.dumps(value)) for name, value in sorted(options.items())]
+    return '\n'.join(lines + ['      register: realised', ''])
+
+
 def ansible_bin(name='ansible-playbook'):
     """An Ansible command from the virtualenv of the running Python."""
     candidate = os.path.join(os.path.dirname(sys.executable), name)
