@@ -12,6 +12,7 @@ are retried with exponential back-off and jitter.
 
 import errno
 import netrc
+import inspect
 import os
 import random
 import socket
@@ -25,6 +26,18 @@ try:  # ansible-core 2.14 and later: one TLS context for every request to a cach
     from ansible.module_utils.urls import make_context
 except ImportError:  # pragma: no cover - older ansible-core builds a context per request
     make_context = None
+
+
+def _request_takes_context():
+    """Whether ``Request.open`` accepts a ready TLS context (ansible-core 2.16 and later;
+    2.15 has ``make_context`` but builds a context per request from ``ca_path`` & co)."""
+    try:
+        return make_context is not None and 'context' in inspect.signature(Request.open).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+SHARED_TLS_CONTEXT = _request_takes_context()
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
@@ -234,8 +247,9 @@ class HttpSubstituter(Substituter):
             http.update(url_username=url_user, url_password=url_password or '')
         netrc_file = http.pop('netrc_file', None)
         token = http.pop('bearer_token', None)
-        for tls_option in ('ca_path', 'client_cert', 'client_key'):  # in the TLS context
-            http.pop(tls_option, None)
+        if SHARED_TLS_CONTEXT:
+            for tls_option in ('ca_path', 'client_cert', 'client_key'):  # in the TLS context
+                http.pop(tls_option, None)
         if http.get('url_username'):
             http['force_basic_auth'] = True
             return http, 'basic auth as user %s' % http['url_username']
@@ -256,7 +270,7 @@ class HttpSubstituter(Substituter):
         return http, 'no credentials'
 
     def _tls_context(self):
-        if self._context is None and make_context is not None:
+        if self._context is None and SHARED_TLS_CONTEXT:
             http = self.options.http
             self._context = make_context(cafile=http.get('ca_path'),
                                          validate_certs=self.options.validate_certs,
@@ -271,10 +285,12 @@ class HttpSubstituter(Substituter):
             args['headers'] = dict(args.get('headers') or {}, **headers)
         deadline = deadline or Deadline(self.options.timeout)
         context = self._tls_context()
+        if context is not None:
+            args['context'] = context
         try:
             response = deadline.call(lambda: Request().open(
                 'GET', '%s/%s' % (self._address, relative_url), timeout=self.options.timeout,
-                validate_certs=self.options.validate_certs, context=context, **args))
+                validate_certs=self.options.validate_certs, **args))
             return DeadlineReader(response, deadline, self.options.timeout)
         except HTTPError as error:
             if error.code in (401, 407):
@@ -512,8 +528,7 @@ class DeadlineReader(object):
         while have < size:    # one socket read at a time, each within the time left
             try:
                 left = self._deadline.left()
-                if self._socket is not None:
-                    self._socket.settimeout(min(left, self._read_timeout))
+                self._set_socket_timeout(min(left, self._read_timeout))
                 data = read1(size - have)
             except Exception:
                 if parts:     # hand over what arrived; the next read fails again
@@ -525,6 +540,16 @@ class DeadlineReader(object):
             parts.append(data)
             have += len(data)
         return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    def _set_socket_timeout(self, seconds):
+        if self._socket is None:
+            return
+        try:
+            self._socket.settimeout(seconds)
+        except OSError:
+            # Closed already: Python 3.13 closes the connection as soon as the whole body
+            # is buffered, and then there is nothing left to wait for.
+            self._socket = None
 
     def close(self):
         self._response.close()

@@ -71,10 +71,11 @@ PLAY = '''
 MANAGED_HOSTS = interpreters.managed_host_pythons()
 
 
-def run_twice(root, caches, small_closure, interpreter, ansible_playbook=None):
-    """Run the play twice; return the module Python's version as the first run saw it."""
+def run_twice(root, caches, http_cache, small_closure, interpreter, ansible_playbook=None):
+    """Run the play twice (xz over loopback HTTP, zstd from a file:// cache); return the
+    module Python's version as the first run saw it."""
     extra_vars = dict(top=small_closure.top, root=str(root), key=caches['xz'].public_key,
-                      xz_url=caches['xz'].url, zstd_url=caches['zstd'].url)
+                      xz_url=http_cache.url_for('xz'), zstd_url=caches['zstd'].url)
     inventory = 'host ansible_connection=local ansible_python_interpreter=%s\n' % interpreter
     first = run_playbook(PLAY, inventory, extra_vars=extra_vars,
                          ansible_playbook=ansible_playbook).assert_ok()
@@ -101,10 +102,10 @@ def run_twice(root, caches, small_closure, interpreter, ansible_playbook=None):
 
 @pytest.mark.parametrize('version, python', MANAGED_HOSTS,
                          ids=['python%d.%d' % v[:2] for v, path in MANAGED_HOSTS])
-def test_modules_on_a_bare_managed_host_python(version, python, caches, small_closure,
-                                               tmp_path):
+def test_modules_on_a_bare_managed_host_python(version, python, caches, http_cache,
+                                               small_closure, tmp_path):
     interpreter = interpreters.bare(version, python)
-    ran, executable = run_twice(tmp_path, caches, small_closure, interpreter)
+    ran, executable = run_twice(tmp_path, caches, http_cache, small_closure, interpreter)
     assert ran == '%d.%d.%d' % version
     assert executable == interpreter
     interpreters.RAN['managed host python%d.%d' % version[:2]] = '%s (from %s), standard library only' % (ran, python)
@@ -123,7 +124,8 @@ def test_every_supported_managed_host_python_was_found():
 
 
 @pytest.mark.parametrize('name', interpreters.CONTROLLERS)
-def test_modules_under_the_oldest_and_newest_controller(name, caches, small_closure, tmp_path):
+def test_modules_under_the_oldest_and_newest_controller(name, caches, http_cache, small_closure,
+                                                        tmp_path):
     found = interpreters.controller(name)
     if found is None:
         message = 'no %s controller: run `make controllers`' % name
@@ -133,6 +135,7 @@ def test_modules_under_the_oldest_and_newest_controller(name, caches, small_clos
     ansible_playbook, core_version, controller_python = found
     # The managed host: Debian's own Python, bare.
     host = interpreters.bare(interpreters.version_of('/usr/bin/python3'), '/usr/bin/python3')
-    ran = run_twice(tmp_path, caches, small_closure, host, ansible_playbook=ansible_playbook)[0]
+    ran = run_twice(tmp_path, caches, http_cache, small_closure, host,
+                    ansible_playbook=ansible_playbook)[0]
     interpreters.RAN['controller %s' % name] = 'ansible-core %s on Python %s (managed host %s)' % (
         core_version, controller_python, ran)
