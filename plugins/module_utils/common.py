@@ -10,6 +10,7 @@ same way, and turns library errors into one failure shape.
 
 import os
 
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     NixCacheError,
     CacheUnavailable,
@@ -28,7 +29,6 @@ from ansible_collections.nixcache.closure.plugins.module_utils.storepath import 
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     DEFAULT_PRIORITY,
     CacheOptions,
-    make_substituter,
 )
 
 CACHE_ARGUMENT_SPEC = dict(
