@@ -131,8 +131,7 @@ pending:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
+from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors
 from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
@@ -171,7 +170,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
+    with module_errors(module):
         planned = None
         if module.check_mode and params['plan'] and params['plan']['packages']:
             planned = planned_environment(params['plan'], params['root'])
@@ -180,8 +179,6 @@ def main():
                         planned=planned)
         mirror.mirror(params['source'], params['dest'], directories=params['directories'],
                       only=params['only'])
-    except (NixCacheError, OSError) as error:
-        module.fail_json(**failure(error))
     module.exit_json(changed=bool(mirror.created or mirror.removed or mirror.pending),
                      created=mirror.created, removed=mirror.removed, pending=mirror.pending,
                      diff=mirror.diff())

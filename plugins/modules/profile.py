@@ -226,8 +226,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError, StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.profiles import (
     PROFILES_DIR,
     Profile,
@@ -259,7 +259,7 @@ def main():
     )
     params = module.params
     root, state = params['root'], params['state']
-    try:
+    with module_errors(module):
         owner = None
         if params['user']:
             try:
@@ -283,8 +283,6 @@ def main():
             result = apply(profile, store, state, path=path, elements=elements,
                            keep=params['keep'], link=link, owner=owner,
                            check_mode=module.check_mode)
-    except (NixCacheError, OSError) as error:
-        module.fail_json(**failure(error))
     for warning in result.pop('warnings'):
         module.warn(warning)
     module.exit_json(**result)
