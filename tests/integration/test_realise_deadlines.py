@@ -31,7 +31,7 @@ def realise(root, url, key, paths):
     cache = make_substituter(url, options)
     with LocalStore(root=str(root)) as store:
         return Realiser(store, [cache], TrustedKeys([key]), jobs=1).realise(
-            [StorePath.parse(path) for path in paths])
+            [StorePath.parse(path) for path in paths]).as_dict()
 
 
 def timed_failure(root, url, key, paths):
