@@ -14,6 +14,7 @@ import os
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
     group_id,
+    replace_link,
     resolve,
     under_root,
     user_entry,
@@ -116,12 +117,10 @@ class Mirror(object):
         self.created.append(path)
         self.changes.append((path, old, target))
         if not self.check_mode:
-            temporary = host + '.link-tree-tmp'
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
-            os.symlink(target, temporary)
-            self.own(temporary)
-            os.rename(temporary, host)
+            owner = None
+            if self.uid is not None or self.gid is not None:
+                owner = (-1 if self.uid is None else self.uid, -1 if self.gid is None else self.gid)
+            replace_link(target, host, owner)
 
     def prune(self, source, dest, keep):
         """Remove links in ``dest`` into ``source`` that are not in ``keep``."""

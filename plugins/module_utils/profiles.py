@@ -21,7 +21,7 @@ import re
 
 from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
-from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import replace_link, under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
 from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
     DEFAULT_PRIORITY,
@@ -92,8 +92,8 @@ class Profile(object):
         if number is None or generations.get(number) != target:
             self._make_directory()
             number = max(generations) + 1 if generations else 1
-            _replace_link(target, os.path.join(self.real_directory, self.generation_link(number)))
-            _replace_link(self.generation_link(number), self.real_path)
+            replace_link(target, os.path.join(self.real_directory, self.generation_link(number)))
+            replace_link(self.generation_link(number), self.real_path)
         self.ensure_gc_root()
         if keep is not None:
             self.delete_old(keep)
@@ -113,7 +113,7 @@ class Profile(object):
     def rollback(self):
         """Switch to the previous generation; its number."""
         number = self.previous_generation()
-        _replace_link(self.generation_link(number), self.real_path)
+        replace_link(self.generation_link(number), self.real_path)
         return number
 
     def delete_old(self, keep):
@@ -149,7 +149,7 @@ class Profile(object):
             generation = os.path.join(self.directory, self.generation_link(number))
             _make_dirs(os.path.dirname(link))
             if not os.path.lexists(link) or os.readlink(link) != generation:
-                _replace_link(generation, link)
+                replace_link(generation, link)
 
     def _auto_root(self, number):
         """Nix's indirect root for generation ``number`` of a profile outside the profiles
@@ -291,7 +291,7 @@ def _point_link(profile, link, real_link, state, link_ok):
         raise StoreError('refusing to replace a file or directory with the profile link',
                          path=link)
     _make_dirs(os.path.dirname(real_link))
-    _replace_link(profile.path, real_link)
+    replace_link(profile.path, real_link)
 
 
 def _chown_profile(profile, real_link, owner):
@@ -308,12 +308,3 @@ def _chown_profile(profile, real_link, owner):
 def _make_dirs(path):
     if not os.path.isdir(path):
         os.makedirs(path, 0o755)
-
-
-def _replace_link(target, link):
-    """Point ``link`` at ``target`` atomically (a temporary link renamed over it)."""
-    temporary = '%s.tmp-%d' % (link, os.getpid())
-    if os.path.lexists(temporary):
-        os.unlink(temporary)
-    os.symlink(target, temporary)
-    os.rename(temporary, link)
