@@ -19,7 +19,8 @@ from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
     under_root,
     user_entry,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.userenv import entries_of
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import build_environment, elements_from, entries_of
 
 
 class Mirror(object):
@@ -158,3 +159,14 @@ def _owner_ids(root, owner, group):
     uid = None if owner is None else int(owner) if owner.isdigit() else user_entry(root, owner)[0]
     gid = None if group is None else int(group) if group.isdigit() else group_id(root, group)
     return uid, gid
+
+
+def planned_environment(plan, root):
+    """(profile link, Environment) for check mode, when every package of ``plan`` (link,
+    packages, priorities: the profile about to be made) is valid; else None."""
+    elements = elements_from(plan['packages'], plan['priorities'])
+    with LocalStore(root=root, create=False) as store:
+        paths = [element.store_path for element in elements]
+        if len(store.valid_subset(paths)) != len(paths):
+            return None  # still to be realised: its sources are reported as pending
+    return plan['link'].rstrip('/'), build_environment(elements, root=root)

@@ -132,22 +132,7 @@ pending:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors
-from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror
-from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
-from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
-    build_environment,
-    elements_from,
-)
-
-
-def planned_environment(plan, root):
-    """(profile link, Environment) for check mode, when every planned package is valid."""
-    elements = elements_from(plan['packages'], plan['priorities'])
-    with LocalStore(root=root, create=False) as store:
-        paths = [element.store_path for element in elements]
-        if len(store.valid_subset(paths)) != len(paths):
-            return None  # still to be realised: its sources are reported as pending
-    return plan['link'].rstrip('/'), build_environment(elements, root=root)
+from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror, planned_environment
 
 
 def main():
