@@ -30,7 +30,8 @@ def main():
     caches, keys = caches_from_options(options, root=args.root)
     started = time.monotonic()
     with LocalStore(root=args.root) as store:
-        report = Realiser(store, caches, keys, jobs=args.jobs).realise(parse_store_paths(args.paths))
+        report = Realiser(store, caches, keys, jobs=args.jobs).realise(
+            parse_store_paths(args.paths)).as_dict()
     report['seconds'] = time.monotonic() - started  # what the module spends, report included
     json.dump(dict((k, report[k]) for k in ('fetched', 'download_bytes', 'unpacked_bytes', 'seconds')),
               sys.stdout)

@@ -8,11 +8,16 @@ doc fragment); every plugin turns them into Substituter and TrustedKeys objects 
 same way, and turns library errors into one failure shape.
 """
 
+import contextlib
 import os
 
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
-    NixCacheError,
     CacheUnavailable,
+    MissingLibrary,
+    NixCacheError,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.nixconf import (
     NIX_CONF,
@@ -28,7 +33,6 @@ from ansible_collections.nixcache.closure.plugins.module_utils.storepath import 
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     DEFAULT_PRIORITY,
     CacheOptions,
-    make_substituter,
 )
 
 CACHE_ARGUMENT_SPEC = dict(
@@ -149,6 +153,25 @@ def failure(error):
     result = dict(msg=str(error), error=type(error).__name__)
     if isinstance(error, NixCacheError):
         result.update(error.details())
-    elif isinstance(error, OSError) and error.filename is not None:
-        result['path'] = os.fsdecode(error.filename)
+    elif isinstance(error, OSError):
+        result['msg'] = '%s: %s' % (os.fsdecode(error.filename) if error.filename is not None
+                                    else 'the store', error.strerror or error)
+        if error.filename is not None:
+            result['path'] = os.fsdecode(error.filename)
     return result
+
+
+@contextlib.contextmanager
+def module_errors(module, **extra):
+    """The one edge between the library and Ansible: a library error (or a stray OSError)
+    raised inside the block ends the module with ``fail_json``, its message and context
+    (path, cache, expected, found), plus ``extra`` fields; never with a traceback."""
+    try:
+        yield
+    except (NixCacheError, OSError) as error:
+        arguments = dict(extra)
+        arguments.update(failure(error))
+        if isinstance(error, MissingLibrary):
+            arguments.update(msg=missing_required_lib(error.library, reason=error.reason),
+                             exception=error.exception)
+        module.fail_json(**arguments)

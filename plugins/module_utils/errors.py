@@ -69,6 +69,19 @@ class CacheUnavailable(NixCacheError):
     """A cache that could not be reached or answered with an error."""
 
 
+class MissingLibrary(CacheUnavailable):
+    """A cache that needs a Python package this host lacks (boto3 for ``s3://``).
+
+    ``library`` names the package, ``reason`` what it is for, ``exception`` the import's
+    traceback text."""
+
+    def __init__(self, message, library, reason, exception=None, **context):
+        super(MissingLibrary, self).__init__(message, **context)
+        self.library = library
+        self.reason = reason
+        self.exception = exception
+
+
 class PathNotInCaches(NixCacheError):
     """No configured cache has the path."""
 

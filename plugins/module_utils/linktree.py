@@ -14,11 +14,13 @@ import os
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
     group_id,
+    replace_link,
     resolve,
     under_root,
     user_entry,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.userenv import entries_of
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
+from ansible_collections.nixcache.closure.plugins.module_utils.userenv import build_environment, elements_from, entries_of
 
 
 class Mirror(object):
@@ -116,12 +118,10 @@ class Mirror(object):
         self.created.append(path)
         self.changes.append((path, old, target))
         if not self.check_mode:
-            temporary = host + '.link-tree-tmp'
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
-            os.symlink(target, temporary)
-            self.own(temporary)
-            os.rename(temporary, host)
+            owner = None
+            if self.uid is not None or self.gid is not None:
+                owner = (-1 if self.uid is None else self.uid, -1 if self.gid is None else self.gid)
+            replace_link(target, host, owner)
 
     def prune(self, source, dest, keep):
         """Remove links in ``dest`` into ``source`` that are not in ``keep``."""
@@ -159,3 +159,14 @@ def _owner_ids(root, owner, group):
     uid = None if owner is None else int(owner) if owner.isdigit() else user_entry(root, owner)[0]
     gid = None if group is None else int(group) if group.isdigit() else group_id(root, group)
     return uid, gid
+
+
+def planned_environment(plan, root):
+    """(profile link, Environment) for check mode, when every package of ``plan`` (link,
+    packages, priorities: the profile about to be made) is valid; else None."""
+    elements = elements_from(plan['packages'], plan['priorities'])
+    with LocalStore(root=root, create=False) as store:
+        paths = [element.store_path for element in elements]
+        if len(store.valid_subset(paths)) != len(paths):
+            return None  # still to be realised: its sources are reported as pending
+    return plan['link'].rstrip('/'), build_environment(elements, root=root)

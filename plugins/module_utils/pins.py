@@ -30,7 +30,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     NixCacheError,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
-from ansible_collections.nixcache.closure.plugins.module_utils.substituters import make_substituter
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 
 MANIFEST_VERSION = 1
 # Nix's name for the machine types Ansible reports (ansible_facts.architecture).

@@ -21,11 +21,13 @@ import re
 
 from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
-from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
+from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import replace_link, under_root, user_entry
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
 from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
     DEFAULT_PRIORITY,
     build_environment,
+    elements_from,
     read_manifest,
 )
 
@@ -92,8 +94,8 @@ class Profile(object):
         if number is None or generations.get(number) != target:
             self._make_directory()
             number = max(generations) + 1 if generations else 1
-            _replace_link(target, os.path.join(self.real_directory, self.generation_link(number)))
-            _replace_link(self.generation_link(number), self.real_path)
+            replace_link(target, os.path.join(self.real_directory, self.generation_link(number)))
+            replace_link(self.generation_link(number), self.real_path)
         self.ensure_gc_root()
         if keep is not None:
             self.delete_old(keep)
@@ -113,7 +115,7 @@ class Profile(object):
     def rollback(self):
         """Switch to the previous generation; its number."""
         number = self.previous_generation()
-        _replace_link(self.generation_link(number), self.real_path)
+        replace_link(self.generation_link(number), self.real_path)
         return number
 
     def delete_old(self, keep):
@@ -149,7 +151,7 @@ class Profile(object):
             generation = os.path.join(self.directory, self.generation_link(number))
             _make_dirs(os.path.dirname(link))
             if not os.path.lexists(link) or os.readlink(link) != generation:
-                _replace_link(generation, link)
+                replace_link(generation, link)
 
     def _auto_root(self, number):
         """Nix's indirect root for generation ``number`` of a profile outside the profiles
@@ -167,6 +169,35 @@ class Profile(object):
 
 def store_path_of(target, store_dir=STORE_DIR):
     return None if target is None else StorePath.parse(target, store_dir)
+
+
+def apply_options(root, state, path=None, paths=None, priorities=None, name='profile',
+                  user=None, profile=None, link=None, keep=None, check_mode=False):
+    """The profile module's options as one change: the profile (``profile``, else per
+    ``user``, else shared, by ``name``), the owner and ``.nix-profile`` link of a user's
+    profile, the packages; then ``apply()`` on the store under ``root``."""
+    owner = None
+    if user:
+        try:
+            owner = user_entry(root, user)
+        except KeyError as error:
+            if not check_mode:  # a user made earlier in the same check run
+                raise StoreError('unknown user: %s' % error.args[0])
+    if profile:
+        profile_path = profile
+    elif user:
+        profile_path = '%s/per-user/%s/%s' % (PROFILES_DIR, user, name)
+    else:
+        profile_path = '%s/%s' % (PROFILES_DIR, name)
+    link = link or (os.path.join(owner[2], '.nix-profile') if owner else None)
+    if paths is not None and not paths and state == 'present':
+        raise StoreError('paths is empty: give at least one store path')
+    elements = elements_from(paths, priorities or {}) if paths else None
+    store_path = StorePath.parse(path) if path and state == 'present' else None
+    with LocalStore(root=root, create=False) as store:
+        return apply(Profile(profile_path, root=root), store, state, path=store_path,
+                     elements=elements, keep=keep, link=link, owner=owner,
+                     check_mode=check_mode)
 
 
 def apply(profile, store, state, path=None, elements=None, keep=None, link=None, owner=None,
@@ -291,7 +322,7 @@ def _point_link(profile, link, real_link, state, link_ok):
         raise StoreError('refusing to replace a file or directory with the profile link',
                          path=link)
     _make_dirs(os.path.dirname(real_link))
-    _replace_link(profile.path, real_link)
+    replace_link(profile.path, real_link)
 
 
 def _chown_profile(profile, real_link, owner):
@@ -308,12 +339,3 @@ def _chown_profile(profile, real_link, owner):
 def _make_dirs(path):
     if not os.path.isdir(path):
         os.makedirs(path, 0o755)
-
-
-def _replace_link(target, link):
-    """Point ``link`` at ``target`` atomically (a temporary link renamed over it)."""
-    temporary = '%s.tmp-%d' % (link, os.getpid())
-    if os.path.lexists(temporary):
-        os.unlink(temporary)
-    os.symlink(target, temporary)
-    os.rename(temporary, link)

@@ -13,6 +13,7 @@ NarSize the signed narinfo declares.
 """
 
 import concurrent.futures
+import os
 import time
 
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo, plan_closure
@@ -30,6 +31,8 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
 )
 from ansible_collections.nixcache.closure.plugins.module_utils import nar
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
+from ansible_collections.nixcache.closure.plugins.module_utils.receipts import receipt_path, write_receipts
+from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
 MIB = 1024.0 * 1024.0
 
@@ -67,6 +70,62 @@ def compressed_limit(nar_size):
     return nar_size + nar_size // 16 + 65536
 
 
+class Report(object):
+    """What a realisation did, or in check mode would do: the plan, the paths fetched,
+    one entry a path of the closure, the receipts written.  ``changed`` and the lists
+    of a check-mode report are those the real run reports."""
+
+    def __init__(self, plan, fetched, downloaded, closure, check_mode, seconds):
+        self.plan = plan
+        self.fetched = fetched            # PlannedPaths installed by this run
+        self.downloaded = downloaded      # StorePath -> bytes downloaded
+        self.closure = closure
+        self.check_mode = check_mode
+        self.seconds = seconds
+        self.receipts = []
+        self.store_created = False
+
+    @property
+    def changed(self):
+        fetching = self.plan.to_fetch if self.check_mode else self.fetched
+        return bool(fetching or self.receipts or self.store_created)
+
+    @property
+    def download_bytes(self):
+        if self.check_mode:
+            return self.plan.download_bytes
+        return sum(self.downloaded.values())
+
+    @property
+    def unpacked_bytes(self):
+        if self.check_mode:
+            return self.plan.unpacked_bytes
+        return sum(item.narinfo.nar_size for item in self.fetched)
+
+    def sources(self):
+        """Path text -> the cache each fetched path came from (for the receipts)."""
+        return dict((str(item.store_path), item.cache.url) for item in self.fetched)
+
+    def added(self):
+        """The entries of paths added to the store (or that would be)."""
+        return [entry for entry in self.closure if entry['state'] in ('fetched', 'would fetch')]
+
+    def as_dict(self):
+        return dict(
+            changed=self.changed,
+            requested=[str(path) for path in self.plan.requested],
+            closure=self.closure,
+            fetched=[str(item.store_path) for item in self.fetched],
+            to_fetch=[str(item.store_path) for item in self.plan.to_fetch] if self.check_mode else [],
+            download_bytes=self.download_bytes,
+            unpacked_bytes=self.unpacked_bytes,
+            download_mb=round(self.download_bytes / MIB, 2),
+            unpacked_mb=round(self.unpacked_bytes / MIB, 2),
+            seconds=round(self.seconds, 3),
+            receipts=list(self.receipts),
+        )
+
+
 class Realiser(object):
     """Puts the closure of some store paths into a LocalStore from a list of caches."""
 
@@ -99,15 +158,33 @@ class Realiser(object):
                 expected='%d bytes (%.1f MiB) unpacked' % (plan.unpacked_bytes, plan.unpacked_bytes / MIB),
                 found='%d bytes (%.1f MiB) free' % (free, free / MIB))
 
-    def realise(self, requested, check_mode=False):
-        """Realise ``requested`` (StorePaths); returns the report dict."""
+    def realise(self, requested, check_mode=False, receipts_root=None):
+        """Realise ``requested`` (StorePaths); returns a Report.
+
+        With ``receipts_root``, the receipt of every requested path is written (or, in
+        check mode, the receipts a real run would write are named) under that root.
+        """
         started = time.time()
         plan = self.plan(requested)
         self.check_space(plan)
         fetched = {}
         if plan.to_fetch and not check_mode:
             fetched = self._fetch_and_commit(plan)
-        return self._report(plan, fetched, check_mode, time.time() - started)
+        report = self._report(plan, fetched, check_mode, time.time() - started)
+        if receipts_root is not None and self.register:
+            report.receipts = self._receipts(plan, report, receipts_root, check_mode)
+        return report
+
+    def _receipts(self, plan, report, root, check_mode):
+        """The receipts written, or in check mode those a real run would write: a path
+        fetched now always changes its receipts; the others are compared as they are."""
+        if not check_mode:
+            return write_receipts(self.store, plan.requested, report.sources(), root=root)
+        valid = set(plan.valid)
+        unchanged = [path for path in plan.requested if path in valid]
+        would = set(write_receipts(self.store, unchanged, {}, root=root, check_mode=True))
+        return [receipt_path(root, path) for path in plan.requested
+                if path not in valid or receipt_path(root, path) in would]
 
     def _fetch_and_commit(self, plan):
         """Fetch every planned path; return path -> bytes downloaded.
@@ -272,25 +349,9 @@ class Realiser(object):
 
     def _report(self, plan, downloaded, check_mode, seconds):
         fetched = [item for item in plan.to_fetch if item.store_path in downloaded]
-        if check_mode:
-            download_bytes, unpacked_bytes = plan.download_bytes, plan.unpacked_bytes
-        else:
-            download_bytes = sum(downloaded.values())
-            unpacked_bytes = sum(item.narinfo.nar_size for item in fetched)
         closure = [self._planned_entry(item, downloaded, check_mode) for item in plan.to_fetch]
         closure.extend(self._valid_entries(plan.valid))
-        return dict(
-            changed=bool(plan.to_fetch if check_mode else fetched),
-            requested=[str(path) for path in plan.requested],
-            closure=closure,
-            fetched=[str(item.store_path) for item in fetched],
-            to_fetch=[str(item.store_path) for item in plan.to_fetch] if check_mode else [],
-            download_bytes=download_bytes,
-            unpacked_bytes=unpacked_bytes,
-            download_mb=round(download_bytes / MIB, 2),
-            unpacked_mb=round(unpacked_bytes / MIB, 2),
-            seconds=round(seconds, 3),
-        )
+        return Report(plan, fetched, downloaded, closure, check_mode, seconds)
 
     @staticmethod
     def _planned_entry(item, downloaded, check_mode):
@@ -313,3 +374,18 @@ class Realiser(object):
             entries.append(dict(path=str(path), nar_size=info['nar_size'], download_size=0,
                                 cache=None, state='valid', signed_by=None))
         return entries
+
+
+def realise_closure(root, requested, caches, trusted_keys, require_sigs=True, jobs=4,
+                    register=True, receipts=True, progress=None, check_mode=False):
+    """Realise ``requested`` into the store under ``root`` (made if need be; not in check
+    mode) and write their receipts; returns the Report."""
+    store = LocalStore(root=root, create=not check_mode)
+    store_is_new = not os.path.exists(store.db_path)
+    with store:
+        realiser = Realiser(store, caches, trusted_keys, require_sigs=require_sigs, jobs=jobs,
+                            register=register, progress=progress)
+        report = realiser.realise(requested, check_mode=check_mode,
+                                  receipts_root=root if receipts else None)
+    report.store_created = store_is_new
+    return report

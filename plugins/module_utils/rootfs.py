@@ -9,6 +9,8 @@ import grp
 import os
 import pwd
 
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import file_errors
+
 MAX_LINKS = 40  # symlinks followed in one path before giving up, as Linux does
 
 
@@ -17,6 +19,24 @@ def under_root(root, path):
     if not root or root == '/' or not os.path.isabs(path):
         return path
     return os.path.join(root, path.lstrip('/'))
+
+
+def replace_link(target, link, owner=None):
+    """Point the symlink ``link`` (a host path) at ``target`` atomically: a temporary link
+    beside it, owned by ``owner`` (uid, gid; -1 keeps one) when given, renamed over it, so
+    that a reader sees the old link or the new one, never none."""
+    temporary = '%s.tmp-%d' % (link, os.getpid())
+    with file_errors('cannot replace the link', link):
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        os.symlink(target, temporary)
+        try:
+            if owner is not None:
+                os.lchown(temporary, owner[0], owner[1])
+            os.rename(temporary, link)
+        except BaseException:
+            os.unlink(temporary)
+            raise
 
 
 def resolve(root, path):

@@ -23,7 +23,7 @@ import traceback
 
 from ansible.module_utils.six.moves.urllib.parse import parse_qs, unquote, urlparse
 
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable, MissingLibrary
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import Substituter, read_at_most
 
@@ -92,7 +92,8 @@ class S3Substituter(Substituter):
         with self._client_lock:
             if self._s3 is None:
                 if not HAS_BOTO3:
-                    raise CacheUnavailable(BOTO3_MISSING, cache=self.url)
+                    raise MissingLibrary(BOTO3_MISSING, 'boto3', 'for s3:// caches',
+                                         exception=BOTO3_IMPORT_ERROR, cache=self.url)
                 try:
                     session = boto3.session.Session(
                         profile_name=self.profile,

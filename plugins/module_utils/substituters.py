@@ -622,19 +622,6 @@ def url_secrets(urls):
     return secrets
 
 
-def make_substituter(url, options=None, store_dir=STORE_DIR):
-    """The Substituter for a cache URL; an unknown scheme is a clear error."""
-    scheme = urlparse(url).scheme
-    if scheme == 's3':  # imported on demand: it is the only reader that needs boto3
-        from ansible_collections.nixcache.closure.plugins.module_utils.s3 import S3Substituter
-        return S3Substituter(url, options, store_dir)
-    if scheme not in SCHEMES:
-        raise CacheUnavailable('unsupported cache URL scheme %r (supported: %s)'
-                               % (scheme, ', '.join(sorted(SCHEMES) + ['s3'])),
-                               cache=redact_url(url))
-    return SCHEMES[scheme](url, options, store_dir)
-
-
 def parse_cache_info(text):
     """``Key: value`` lines of a nix-cache-info file as a dict."""
     info = {}

@@ -80,10 +80,9 @@ from ansible_collections.nixcache.closure.plugins.module_utils.closure import pl
 from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     cache_argument_spec,
     caches_from_options,
-    failure,
+    module_errors,
     parse_store_paths,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.host_needs import (
     compression_needs,
     scheme_needs,
@@ -101,7 +100,7 @@ def main():
     )
     params = module.params
     result = dict(changed=False, missing=[], compressions=[], complete=True)
-    try:
+    with module_errors(module):
         requested = parse_store_paths(params['paths'])
         if requested:
             caches, trusted_keys = caches_from_options(params, root=params['root'], probe=False)
@@ -117,8 +116,6 @@ def main():
             methods = sorted(set(item.narinfo.compression or 'none' for item in plan.to_fetch))
             result['compressions'] = methods
             result['missing'] = compression_needs(methods)
-    except NixCacheError as error:
-        module.fail_json(**failure(error))
     module.exit_json(**result)
 
 

@@ -73,10 +73,9 @@ from ansible_collections.nixcache.closure.plugins.module_utils.architecture impo
     path_architecture,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.common import (
-    failure,
+    module_errors,
     parse_store_paths,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
 
@@ -92,7 +91,7 @@ def main():
     params = module.params
     host = normalise(params['architecture']) if params['architecture'] else host_machine()
     found = {}
-    try:
+    with module_errors(module, architecture=host):
         requested = parse_store_paths(params['paths'])
         with LocalStore(root=params['root'], create=False) as store:
             closure = store.closure(requested) | set(
@@ -103,8 +102,6 @@ def main():
                     shown = str(store_path) + where[len(store.real_path(store_path)):]
                     found[str(store_path)] = (machine, shown)
         check_closure(found, host, ', '.join(str(path) for path in requested))
-    except NixCacheError as error:
-        module.fail_json(architecture=host, **failure(error))
     module.exit_json(changed=False, architecture=host,
                      architectures=dict((path, machine) for path, (machine, where) in found.items()))
 

@@ -124,8 +124,7 @@ roots:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nixcache.closure.plugins.module_utils import gc
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
+from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors
 
 
 def main():
@@ -139,17 +138,12 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
+    with module_errors(module):
         result = gc.collect_garbage(
             module.params['root'], delete_old=module.params['delete_old'],
             delete_older_than=module.params['delete_older_than'],
             max_freed=module.params['max_freed'], runtime_roots=module.params['runtime_roots'],
             dry_run=module.check_mode)
-    except NixCacheError as error:
-        module.fail_json(**failure(error))
-    except OSError as error:
-        module.fail_json(msg='%s: %s' % (error.filename or 'the store', error.strerror or error),
-                         path=error.filename)
     module.exit_json(**result)
 
 

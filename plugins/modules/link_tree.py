@@ -131,24 +131,8 @@ pending:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
-from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror
-from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
-from ansible_collections.nixcache.closure.plugins.module_utils.userenv import (
-    build_environment,
-    elements_from,
-)
-
-
-def planned_environment(plan, root):
-    """(profile link, Environment) for check mode, when every planned package is valid."""
-    elements = elements_from(plan['packages'], plan['priorities'])
-    with LocalStore(root=root, create=False) as store:
-        paths = [element.store_path for element in elements]
-        if len(store.valid_subset(paths)) != len(paths):
-            return None  # still to be realised: its sources are reported as pending
-    return plan['link'].rstrip('/'), build_environment(elements, root=root)
+from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors
+from ansible_collections.nixcache.closure.plugins.module_utils.linktree import Mirror, planned_environment
 
 
 def main():
@@ -171,7 +155,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
+    with module_errors(module):
         planned = None
         if module.check_mode and params['plan'] and params['plan']['packages']:
             planned = planned_environment(params['plan'], params['root'])
@@ -180,8 +164,6 @@ def main():
                         planned=planned)
         mirror.mirror(params['source'], params['dest'], directories=params['directories'],
                       only=params['only'])
-    except (NixCacheError, OSError) as error:
-        module.fail_json(**failure(error))
     module.exit_json(changed=bool(mirror.created or mirror.removed or mirror.pending),
                      created=mirror.created, removed=mirror.removed, pending=mirror.pending,
                      diff=mirror.diff())

@@ -222,21 +222,10 @@ closure_diff:
       type: int
 '''
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError, StoreError
-from ansible_collections.nixcache.closure.plugins.module_utils.profiles import (
-    PROFILES_DIR,
-    Profile,
-    apply,
-)
-from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import user_entry
-from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
-from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-from ansible_collections.nixcache.closure.plugins.module_utils.userenv import elements_from
+from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors
+from ansible_collections.nixcache.closure.plugins.module_utils.profiles import apply_options
 
 
 def main():
@@ -258,33 +247,12 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    root, state = params['root'], params['state']
-    try:
-        owner = None
-        if params['user']:
-            try:
-                owner = user_entry(root, params['user'])
-            except KeyError as error:
-                if not module.check_mode:  # a user made earlier in the same check run
-                    raise StoreError('unknown user: %s' % error.args[0])
-        if params['profile']:
-            profile_path = params['profile']
-        elif params['user']:
-            profile_path = '%s/per-user/%s/%s' % (PROFILES_DIR, params['user'], params['name'])
-        else:
-            profile_path = '%s/%s' % (PROFILES_DIR, params['name'])
-        link = params['link'] or (os.path.join(owner[2], '.nix-profile') if owner else None)
-        if params['paths'] is not None and not params['paths'] and state == 'present':
-            raise StoreError('paths is empty: give at least one store path')
-        elements = elements_from(params['paths'], params['priorities']) if params['paths'] else None
-        path = StorePath.parse(params['path']) if params['path'] and state == 'present' else None
-        profile = Profile(profile_path, root=root)
-        with LocalStore(root=root, create=False) as store:
-            result = apply(profile, store, state, path=path, elements=elements,
-                           keep=params['keep'], link=link, owner=owner,
-                           check_mode=module.check_mode)
-    except (NixCacheError, OSError) as error:
-        module.fail_json(**failure(error))
+    with module_errors(module):
+        result = apply_options(
+            params['root'], params['state'], path=params['path'], paths=params['paths'],
+            priorities=params['priorities'], name=params['name'], user=params['user'],
+            profile=params['profile'], link=params['link'], keep=params['keep'],
+            check_mode=module.check_mode)
     for warning in result.pop('warnings'):
         module.warn(warning)
     module.exit_json(**result)

@@ -202,23 +202,17 @@ seconds:
   type: float
 '''
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     cache_argument_spec,
     caches_from_options,
-    failure,
+    module_errors,
     parse_store_paths,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils import s3
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
-from ansible_collections.nixcache.closure.plugins.module_utils.realise import MIB, Realiser
-from ansible_collections.nixcache.closure.plugins.module_utils.receipts import write_receipts
+from ansible_collections.nixcache.closure.plugins.module_utils.realise import MIB, realise_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
-from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import url_secrets
 
 
@@ -239,40 +233,27 @@ def main():
     # a password in a cache URL is masked in everything the module returns
     module.no_log_values.update(url_secrets(params['substituters']))
     try:
-        requested = parse_store_paths(params['paths'])
-        if requested:
-            caches, trusted_keys = caches_from_options(params, root=params['root'])
-        else:  # only prepare the store
-            caches, trusted_keys = [], TrustedKeys()
-        if any(cache.url.startswith('s3:') for cache in caches) and not s3.HAS_BOTO3:
-            module.fail_json(msg=missing_required_lib('boto3', reason='for s3:// caches'),
-                             exception=s3.BOTO3_IMPORT_ERROR)
-        store = LocalStore(root=params['root'], create=not module.check_mode)
-        store_is_new = not os.path.exists(store.db_path)
-        progress = Progress(params['progress_file'])
-        with store:
-            realiser = Realiser(store, caches, trusted_keys, require_sigs=params['require_sigs'],
-                                jobs=params['jobs'], register=params['register'],
-                                progress=progress)
-            result = realiser.realise(requested, check_mode=module.check_mode)
-            result['changed'] = result['changed'] or store_is_new
-            result['receipts'] = []
-            if params['receipt'] and params['register'] and not module.check_mode:
-                sources = dict((entry['path'], entry['cache']) for entry in result['closure']
-                               if entry['state'] == 'fetched')
-                result['receipts'] = write_receipts(store, requested, sources, root=params['root'])
-                result['changed'] = result['changed'] or bool(result['receipts'])
-    except (NixCacheError, OSError) as error:
-        module.fail_json(**failure(error))
+        with module_errors(module):
+            requested = parse_store_paths(params['paths'])
+            if requested:
+                caches, trusted_keys = caches_from_options(params, root=params['root'])
+            else:  # only prepare the store
+                caches, trusted_keys = [], TrustedKeys()
+            progress = Progress(params['progress_file'])
+            report = realise_closure(
+                params['root'], requested, caches, trusted_keys,
+                require_sigs=params['require_sigs'], jobs=params['jobs'],
+                register=params['register'], receipts=params['receipt'], progress=progress,
+                check_mode=module.check_mode)
     finally:
         progress.remove()
-    result['diff'] = fetch_diff(result)
+    result = report.as_dict()
+    result['diff'] = fetch_diff(report.added())
     module.exit_json(**result)
 
 
-def fetch_diff(result):
+def fetch_diff(added):
     """Diff mode: one line a store path added to the store, with its sizes."""
-    added = [entry for entry in result['closure'] if entry['state'] in ('fetched', 'would fetch')]
     lines = ['%s (%.2f MiB download, %.2f MiB unpacked)'
              % (entry['path'], (entry['download_size'] or 0) / MIB, (entry['nar_size'] or 0) / MIB)
              for entry in sorted(added, key=lambda entry: entry['path'])]

@@ -194,8 +194,8 @@ consistency:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure, parse_store_paths
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError, StoreError
+from ansible_collections.nixcache.closure.plugins.module_utils.common import module_errors, parse_store_paths
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.inventory import describe
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
@@ -211,7 +211,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
+    with module_errors(module):
         only = None if params['paths'] is None else parse_store_paths(params['paths'])
         with LocalStore(root=params['root'], create=False) as store:
             if only is not None:
@@ -220,11 +220,6 @@ def main():
                     raise StoreError('not valid in the store', path=str(invalid[0]))
             result = describe(store, only=only, check_contents=params['check_contents'],
                               runtime_roots=params['runtime_roots'])
-    except NixCacheError as error:
-        module.fail_json(**failure(error))
-    except OSError as error:
-        module.fail_json(msg='%s: %s' % (error.filename or 'the store', error.strerror or error),
-                         path=error.filename)
     module.exit_json(changed=False, **result)
 
 

@@ -23,7 +23,7 @@ def realise(root, paths, **options):
     for cache in caches:
         cache.options.backoff = 0.05
     with LocalStore(root=str(root)) as store:
-        return Realiser(store, caches, keys).realise([StorePath.parse(p) for p in paths])
+        return Realiser(store, caches, keys).realise([StorePath.parse(p) for p in paths]).as_dict()
 
 
 def failure(root, paths, **options):

@@ -32,7 +32,7 @@ import pytest
 from nixtest import REPO, fixtures
 from nixtest.ansible import ansible_bin
 from nixtest.http import CacheServer
-from nixtest.sshd import free_port
+from nixtest.daemon import free_port
 from nixtest.target import TargetHost
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import Re
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-from ansible_collections.nixcache.closure.plugins.module_utils.substituters import make_substituter
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 from nixtest import nix
 from nixtest.ansible import run_playbook
 

@@ -115,7 +115,7 @@ def test_unsigned_narinfo_is_accepted_when_signatures_are_not_required(
     spoilable.write_narinfo(info, sign=False)
     store, subject = realiser(alt_root, [spoilable.url], [], require_sigs=False)
     with store:
-        report = subject.realise([StorePath.parse(target)])
+        report = subject.realise([StorePath.parse(target)]).as_dict()
     assert report['fetched'] == [target]
     nix.verify_store(str(alt_root))
 

@@ -14,9 +14,9 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import Re
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     CacheOptions,
-    make_substituter,
 )
 from nixtest import nix
 
@@ -31,7 +31,7 @@ def realise(root, url, key, paths):
     cache = make_substituter(url, options)
     with LocalStore(root=str(root)) as store:
         return Realiser(store, [cache], TrustedKeys([key]), jobs=1).realise(
-            [StorePath.parse(path) for path in paths])
+            [StorePath.parse(path) for path in paths]).as_dict()
 
 
 def timed_failure(root, url, key, paths):

@@ -23,9 +23,9 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import Re
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import SecretKey, TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     CacheOptions,
-    make_substituter,
 )
 from nixtest import nix
 from nixtest.ansible import realise_play, run_playbook

@@ -121,3 +121,42 @@ def test_results_are_json_clean(caches, small_closure, alt_root):
     result, realised = realise([small_closure.top], alt_root, [cache.url], [cache.public_key])
     result.assert_ok()
     assert json.loads(json.dumps(realised))['closure']
+
+
+def predicted_and_real(paths, root, cache):
+    """A check-mode run, then the real run, on the same root."""
+    check, predicted = realise(paths, root, [cache.url], [cache.public_key], check=True)
+    check.assert_ok()
+    real, done = realise(paths, root, [cache.url], [cache.public_key])
+    real.assert_ok()
+    return predicted, done
+
+
+def assert_predicted(predicted, done):
+    assert predicted['changed'] == done['changed']
+    assert sorted(predicted['to_fetch']) == sorted(done['fetched'])
+    assert sorted(predicted['receipts']) == sorted(done['receipts'])
+    assert predicted['unpacked_bytes'] == done['unpacked_bytes']
+
+
+def test_check_mode_predicts_the_real_run(caches, small_closure, alt_root):
+    """On a fresh root, on an up-to-date root, and when only a receipt is missing."""
+    cache = caches['xz']
+    predicted, done = predicted_and_real([small_closure.top], alt_root, cache)
+    assert_predicted(predicted, done)
+    assert done['changed'] and done['fetched'] and len(done['receipts']) == 1
+
+    predicted, done = predicted_and_real([small_closure.top], alt_root, cache)
+    assert_predicted(predicted, done)
+    assert not done['changed'] and done['receipts'] == []
+
+    receipt = receipt_file(alt_root, small_closure.top)
+    os.unlink(receipt)
+    predicted, done = predicted_and_real([small_closure.top], alt_root, cache)
+    assert_predicted(predicted, done)
+    assert done['changed'] and done['fetched'] == []
+    assert done['receipts'] == [receipt]
+
+
+def receipt_file(root, store_path):
+    return os.path.join(str(root), 'nix/var/nixcache/receipts', os.path.basename(store_path) + '.json')

@@ -14,10 +14,10 @@ machine's Python as it is.
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
+
+from .daemon import LoopbackDaemon
 
 SSHD = '/usr/sbin/sshd'
 BARE_PYTHON = '/usr/bin/python3'
@@ -46,29 +46,24 @@ class SshdError(RuntimeError):
     pass
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-class Sshd:
+class Sshd(LoopbackDaemon):
     """An sshd on loopback; ``start()``/``stop()`` or use it as a context manager."""
+
+    error = SshdError
 
     def __init__(self, log_level='INFO', python=None):
         self.log_level = log_level
         self.python = python
         self.directory = None
-        self.port = None
-        self.host = '127.0.0.1'
         self.user = 'root'
         self.private_key = None
-        self.process = None
-        self._log = None
 
     def start(self, timeout=20):
         if not os.path.exists(SSHD):
             raise SshdError('%s not found: run `make deps` (installs openssh-server)' % SSHD)
+        return super().start(timeout)
+
+    def _prepare(self):
         self.directory = tempfile.mkdtemp(prefix='nixtest-sshd-')
         d = self.directory
         if self.python is None:
@@ -80,70 +75,23 @@ class Sshd:
         # sshd insists on its privilege separation directory.
         os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
 
-        last_error = None
-        for dummy in range(5):
-            self.port = free_port()
-            config = os.path.join(d, 'sshd_config')
-            with open(config, 'w') as f:
-                f.write(_CONFIG.format(port=self.port, dir=d, log_level=self.log_level,
-                                       use_pam='yes' if _root_locked() else 'no'))
-            subprocess.run([SSHD, '-t', '-f', config], check=True, capture_output=True)
-            self._log = open(os.path.join(d, 'sshd.log'), 'ab')
-            self.process = subprocess.Popen([SSHD, '-D', '-e', '-f', config],
-                                            stdout=self._log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
-            try:
-                self._wait_ready(timeout)
-                return self
-            except SshdError as exc:  # port taken in between: try another one
-                last_error = exc
-                self._kill()
-        raise last_error
+    def _spawn(self):
+        config = os.path.join(self.directory, 'sshd_config')
+        with open(config, 'w') as f:
+            f.write(_CONFIG.format(port=self.port, dir=self.directory, log_level=self.log_level,
+                                   use_pam='yes' if _root_locked() else 'no'))
+        subprocess.run([SSHD, '-t', '-f', config], check=True, capture_output=True)
+        self.process = subprocess.Popen([SSHD, '-D', '-e', '-f', config],
+                                        stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
 
-    def _wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SshdError('sshd exited with %s:\n%s' % (self.process.returncode, self.log()))
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as s:
-                    if s.recv(4).startswith(b'SSH-'):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise SshdError('sshd did not answer on port %d:\n%s' % (self.port, self.log()))
-
-    def _kill(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def stop(self):
-        self._kill()
+    def _cleanup(self):
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def log(self):
-        try:
-            with open(os.path.join(self.directory, 'sshd.log'), errors='replace') as f:
-                return f.read()
-        except OSError:
-            return ''
+    def log_path(self):
+        return os.path.join(self.directory, 'sshd.log')
 
     @property
     def ssh_common_args(self):

@@ -21,14 +21,14 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 from . import BUILD_DIR
 from .fixtures import _Lock
-from .sshd import _keygen, free_port
+from .daemon import LoopbackDaemon
+from .sshd import _keygen
 
 TARGET_BUILD_DIR = os.path.join(BUILD_DIR, 'target')
 SUITE = 'bookworm'
@@ -143,7 +143,7 @@ def _build_tarball(directory, tarball):
         remove_root(work)
 
 
-class TargetHost:
+class TargetHost(LoopbackDaemon):
     """A fresh Debian root under ``root`` with its own sshd on 127.0.0.1:``port``.
 
     ``start()``/``stop()`` or use it as a context manager.  ``key_file`` is root's private
@@ -152,51 +152,33 @@ class TargetHost:
     from the machine.  ``stop()`` removes ``root`` unless ``keep_root=True``.
     """
 
+    error = TargetError
+
     def __init__(self, root, keep_root=False):
         self.root = os.path.abspath(str(root))
         self.keep_root = keep_root
-        self.host = '127.0.0.1'
         self.user = 'root'
-        self.port = None
         self.key_file = None
-        self.process = None
         self.sshd_pid = None
         self.start_seconds = None
         self._state = None
-        self._log = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout=30):
         started = time.monotonic()
+        super().start(timeout)
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def _prepare(self):
         tarball = base_tarball()
         if os.path.exists(self.root) and os.listdir(self.root):
             raise TargetError('%s exists and is not empty' % self.root)
         os.makedirs(self.root, exist_ok=True)
         self._state = tempfile.mkdtemp(prefix='.target-', dir=os.path.dirname(self.root))
-        try:
-            _run(['tar', '-C', self.root, '--numeric-owner', '--xattrs', '--acls',
-                  '-xpf', tarball], 'tar')
-            self._prepare()
-            last_error = None
-            for dummy in range(5):
-                self.port = free_port()
-                self._spawn()
-                try:
-                    self._wait_ready(timeout)
-                    break
-                except TargetError as exc:  # port taken in between: try another one
-                    last_error = exc
-                    self._kill()
-            else:
-                raise last_error
-        except BaseException:
-            self.stop()
-            raise
-        self.start_seconds = time.monotonic() - started
-        return self
-
-    def _prepare(self):
+        _run(['tar', '-C', self.root, '--numeric-owner', '--xattrs', '--acls',
+              '-xpf', tarball], 'tar')
         _run(['chroot', self.root, 'ssh-keygen', '-A'], 'ssh-keygen -A')
         os.makedirs(self.path('/run/sshd'), mode=0o755, exist_ok=True)
         self.key_file = os.path.join(self._state, 'id_ed25519')
@@ -209,7 +191,6 @@ class TargetHost:
         os.chmod(authorized, 0o600)
 
     def _spawn(self):
-        self._log = open(os.path.join(self._state, 'sshd.log'), 'ab')
         command = ['unshare', '--mount', '--pid', '--fork', '--kill-child',
                    '--mount-proc=' + self.path('/proc'),
                    'sh', '-c', _NAMESPACE_SCRIPT, 'target-ns', self.root,
@@ -226,69 +207,41 @@ class TargetHost:
                                         start_new_session=True, preexec_fn=_die_with_parent)
         self.sshd_pid = None
 
-    def _wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TargetError('sshd exited with %s:\n%s'
-                                  % (self.process.returncode, self.log()))
-            if self.sshd_pid is None:
-                self.sshd_pid = _child_of(self.process.pid)
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as s:
-                    if s.recv(4).startswith(b'SSH-'):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise TargetError('sshd did not answer on port %d:\n%s' % (self.port, self.log()))
+    def _waiting(self):
+        if self.sshd_pid is None:
+            self.sshd_pid = _child_of(self.process.pid)
 
-    def _kill(self):
+    def _terminate(self):
         """Kill the namespace's PID 1 (sshd); the kernel then kills everything else in it
         and ``unshare`` exits.  Killing ``unshare`` alone would leave sshd running."""
-        if self.process is not None:
-            pid = self.sshd_pid or _child_of(self.process.pid)
-            if pid is not None and self.process.poll() is None:
-                for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        self.process.wait(timeout=wait)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-            if self.process.poll() is None:
-                self.process.kill()  # --kill-child sends SIGKILL to sshd
-            self.process.wait(timeout=30)
-            self.process = None
-            self.sshd_pid = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        pid = self.sshd_pid or _child_of(self.process.pid)
+        if pid is not None:
+            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+        if self.process.poll() is None:
+            self.process.kill()  # --kill-child sends SIGKILL to sshd
+        self.process.wait(timeout=30)
+        self.sshd_pid = None
 
-    def stop(self):
-        self._kill()
+    def _cleanup(self):
         if not self.keep_root and os.path.exists(self.root):
             remove_root(self.root)
         if self._state is not None:
             shutil.rmtree(self._state, ignore_errors=True)
             self._state = None
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def log_path(self):
+        return os.path.join(self._state, 'sshd.log')
 
     # -- use -------------------------------------------------------------------------
-
-    def log(self):
-        try:
-            with open(os.path.join(self._state, 'sshd.log'), errors='replace') as f:
-                return f.read()
-        except (OSError, TypeError):
-            return ''
 
     def path(self, p):
         """Target path ``p`` (absolute) as a path on the machine, under ``root``."""

@@ -5,10 +5,10 @@
 
 import pytest
 
+from ansible_collections.nixcache.closure.plugins.module_utils.caches import make_substituter
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     MASK,
     CacheOptions,
-    make_substituter,
     redact_url,
     split_credentials,
     url_secrets,
