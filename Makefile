@@ -96,6 +96,7 @@ sanity: venv controllers
 	  SANITY_PYTHON="$$(build/controllers/newest/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" $(SANITY)
 
 lint: venv
+	$(VENV_BIN)/ruff check
 	$(VENV_BIN)/ansible-lint
 
 test: deps venv

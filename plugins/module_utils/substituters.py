@@ -137,7 +137,7 @@ class Substituter(object):
             return data.decode('utf-8')
         except UnicodeDecodeError:
             raise CacheUnavailable('%s is not UTF-8 text' % relative_url,
-                                   path=_path_str(store_path), cache=self.url)
+                                   path=_path_str(store_path), cache=self.url) from None
 
     def _with_retries(self, action, relative_url, store_path):
         attempt = 0
@@ -156,7 +156,7 @@ class Substituter(object):
                     raise CacheUnavailable(
                         'cache did not answer for %s after %d attempt(s): %s'
                         % (relative_url, attempt + 1, reason),
-                        path=_path_str(store_path), cache=self.url)
+                        path=_path_str(store_path), cache=self.url) from error
                 time.sleep(self.options.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
                 attempt += 1
 
@@ -205,7 +205,7 @@ class FileSubstituter(Substituter):
         except (IOError, OSError) as error:
             if error.errno == errno.ENOENT:
                 raise CacheUnavailable('the cache lists %s but does not hold it' % relative_url,
-                                       cache=self.url)
+                                       cache=self.url) from error
             raise
 
 
@@ -248,7 +248,7 @@ class HttpSubstituter(Substituter):
                 entry = netrc.netrc(netrc_file).authenticators(host)
             except (netrc.NetrcParseError, IOError, OSError) as error:
                 raise CacheUnavailable('cannot read netrc file %s: %s' % (netrc_file, error),
-                                       cache=self.url)
+                                       cache=self.url) from error
             if entry:
                 http.update(url_username=entry[0], url_password=entry[2], force_basic_auth=True)
                 return http, 'basic auth as user %s from %s' % (entry[0], netrc_file)
@@ -280,7 +280,7 @@ class HttpSubstituter(Substituter):
             if error.code in (401, 407):
                 raise CacheUnavailable('the cache refused the credentials (HTTP %d %s); tried: %s'
                                        % (error.code, error.reason, self.credentials),
-                                       cache=self.url)
+                                       cache=self.url) from error
             raise
 
     def _read(self, relative_url, limit):
@@ -304,7 +304,7 @@ class HttpSubstituter(Substituter):
         except HTTPError as error:
             if error.code in MISSING_STATUSES:
                 raise CacheUnavailable('the cache lists %s but answers HTTP %d for it'
-                                       % (relative_url, error.code), cache=self.url)
+                                       % (relative_url, error.code), cache=self.url) from error
             raise
 
     def open_at(self, relative_url, offset, seconds=None):

@@ -266,7 +266,7 @@ def main():
                 owner = user_entry(root, params['user'])
             except KeyError as error:
                 if not module.check_mode:  # a user made earlier in the same check run
-                    raise StoreError('unknown user: %s' % error.args[0])
+                    raise StoreError('unknown user: %s' % error.args[0]) from error
         if params['profile']:
             profile_path = params['profile']
         elif params['user']:

@@ -35,4 +35,4 @@ def lookup_errors():
     try:
         yield
     except NixCacheError as error:
-        raise AnsibleLookupError(str(error))
+        raise AnsibleLookupError(str(error)) from error

@@ -81,7 +81,7 @@ class Sshd:
         os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
 
         last_error = None
-        for dummy in range(5):
+        for _attempt in range(5):
             self.port = free_port()
             config = os.path.join(d, 'sshd_config')
             with open(config, 'w') as f:

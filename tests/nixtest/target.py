@@ -179,7 +179,7 @@ class TargetHost:
                   '-xpf', tarball], 'tar')
             self._prepare()
             last_error = None
-            for dummy in range(5):
+            for _attempt in range(5):
                 self.port = free_port()
                 self._spawn()
                 try:
