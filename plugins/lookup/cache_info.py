@@ -53,7 +53,7 @@ _raw:
       description: Whether the cache answered.
       type: bool
     error:
-      description: Why the cache did not answer (only when RV(_raw.reachable) is false).
+      description: Why the cache did not answer (only when RV(_raw[].reachable) is false).
       type: str
     seconds:
       description: How long the C(nix-cache-info) request took.

@@ -55,10 +55,10 @@ _raw:
       description: Total compressed size in bytes, as the caches announce it.
       type: int
     nar_mb:
-      description: RV(_raw.nar_bytes) in MiB.
+      description: RV(_raw[].nar_bytes) in MiB.
       type: float
     download_mb:
-      description: RV(_raw.download_bytes) in MiB.
+      description: RV(_raw[].download_bytes) in MiB.
       type: float
 '''
 
