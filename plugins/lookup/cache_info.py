@@ -17,6 +17,7 @@ author:
   - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
+  - nixcache.closure.cache.plugins
 options:
   _terms:
     description: Cache URLs to probe. When none are given, O(substituters) (or C(nix.conf)) are used.
