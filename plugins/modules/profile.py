@@ -29,6 +29,8 @@ author:
 requirements:
   - Python 3.8 or newer on the managed host (tested on CPython 3.8 to 3.13); the standard
     library is enough.
+extends_documentation_fragment:
+  - nixcache.closure.attributes
 options:
   path:
     description:
@@ -98,14 +100,15 @@ options:
     default: /
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: >-
       The diff shows the old and the new target of the profile, the packages of each and their
       closures (added and removed store paths).
+  idempotent:
+    support: partial
+    details: With O(state=rollback), each run goes back one more generation.
 seealso:
   - module: nixcache.closure.realise
 '''
