@@ -22,8 +22,7 @@ is read with the same clients (credentials, certificates, S3 settings) as the ca
 
 import json
 import os
-
-from ansible.module_utils.six.moves.urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse, urlunparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidStorePath,

@@ -20,8 +20,7 @@ the AWS error code.
 
 import threading
 import traceback
-
-from ansible.module_utils.six.moves.urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR

@@ -17,8 +17,10 @@ import random
 import socket
 import threading
 import time
+from http.client import HTTPException
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlparse, urlunparse
 
-from ansible.module_utils.six.moves.urllib.parse import urlparse, urlunparse, unquote
 from ansible.module_utils.urls import Request
 
 try:  # ansible-core 2.14 and later: one TLS context for every request to a cache
@@ -32,9 +34,6 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
-
-from ansible.module_utils.six.moves.http_client import HTTPException
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
 # HTTP statuses that mean "this cache does not have that file".  S3 answers 403 to
 # anonymous readers of a missing key, and Nix treats both the same way.
