@@ -33,8 +33,9 @@ help:
 	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
-	@echo 'make sanity       ansible-test sanity under the default, oldest and newest ansible-core'
-	@echo 'make lint         ansible-lint'
+	@echo 'make sanity       changelog and plugin docs lint, then ansible-test sanity under the'
+	@echo '                  default, oldest and newest ansible-core'
+	@echo 'make lint         ruff and ansible-lint'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        timings against nix copy'
@@ -89,6 +90,8 @@ integration: venv controllers
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 sanity: venv controllers
+	$(VENV_BIN)/antsibull-changelog lint
+	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" tests/sanity/docs-lint.sh
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" $(SANITY)
 	PATH="$(CURDIR)/build/controllers/oldest/bin:$$PATH" \
 	  SANITY_PYTHON="$$(build/controllers/oldest/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" $(SANITY)
@@ -96,6 +99,7 @@ sanity: venv controllers
 	  SANITY_PYTHON="$$(build/controllers/newest/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" $(SANITY)
 
 lint: venv
+	$(VENV_BIN)/ruff check
 	$(VENV_BIN)/ansible-lint
 
 test: deps venv

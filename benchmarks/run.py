@@ -193,11 +193,11 @@ def main():
     print('building fixtures (once; kept under build/)', flush=True)
     keys = fixtures.keys()
     postgres = fixtures.pg_closure('a')
-    pg_caches = fixtures.caches(keys, [postgres], root=os.path.join(BENCH_DIR, 'caches-pg'),
-                                compressions=('xz', 'zstd'))
+    fixtures.caches(keys, [postgres], root=os.path.join(BENCH_DIR, 'caches-pg'),
+                    compressions=('xz', 'zstd'))
     wide = wide_closure(args.wide_mib * 1024 * 1024, args.wide_paths)
-    wide_caches = fixtures.caches(keys, [wide], root=os.path.join(BENCH_DIR, 'caches-wide'),
-                                  compressions=('zstd',))
+    fixtures.caches(keys, [wide], root=os.path.join(BENCH_DIR, 'caches-wide'),
+                    compressions=('zstd',))
     key = keys.trusted.public
     results = []
     with CacheServer(BENCH_DIR) as server:

@@ -125,3 +125,112 @@ options:
     type: str
     aliases: [aws_session_token]
 '''
+
+    # The lookups (controller plugins) also read the cache options from play variables and
+    # the environment; modules get them from module_defaults instead.
+    PLUGINS = r'''
+requirements:
+  - boto3, on the controller, for C(s3://) caches
+notes:
+  - Each cache option can also be set for all the lookups of a play with a play or host variable
+    named C(nixcache_) and the option's name, for example C(nixcache_substituters), or with an
+    environment variable of the controller named C(NIXCACHE_) and the option's name in capitals,
+    for example C(NIXCACHE_SUBSTITUTERS) (a list is separated by commas). The S3 options have no
+    environment variable of their own; boto3 reads the C(AWS_*) variables itself.
+  - A keyword given to the lookup wins over the variable, which wins over the environment.
+  - C(module_defaults) do not apply to lookups.
+options:
+  substituters:
+    vars:
+      - name: nixcache_substituters
+    env:
+      - name: NIXCACHE_SUBSTITUTERS
+  trusted_public_keys:
+    vars:
+      - name: nixcache_trusted_public_keys
+    env:
+      - name: NIXCACHE_TRUSTED_PUBLIC_KEYS
+  require_sigs:
+    vars:
+      - name: nixcache_require_sigs
+    env:
+      - name: NIXCACHE_REQUIRE_SIGS
+  timeout:
+    vars:
+      - name: nixcache_timeout
+    env:
+      - name: NIXCACHE_TIMEOUT
+  retries:
+    vars:
+      - name: nixcache_retries
+    env:
+      - name: NIXCACHE_RETRIES
+  validate_certs:
+    vars:
+      - name: nixcache_validate_certs
+    env:
+      - name: NIXCACHE_VALIDATE_CERTS
+  use_nix_conf:
+    vars:
+      - name: nixcache_use_nix_conf
+    env:
+      - name: NIXCACHE_USE_NIX_CONF
+  url_username:
+    vars:
+      - name: nixcache_url_username
+    env:
+      - name: NIXCACHE_URL_USERNAME
+  url_password:
+    vars:
+      - name: nixcache_url_password
+    env:
+      - name: NIXCACHE_URL_PASSWORD
+  bearer_token:
+    vars:
+      - name: nixcache_bearer_token
+    env:
+      - name: NIXCACHE_BEARER_TOKEN
+  netrc_file:
+    vars:
+      - name: nixcache_netrc_file
+    env:
+      - name: NIXCACHE_NETRC_FILE
+  client_cert:
+    vars:
+      - name: nixcache_client_cert
+    env:
+      - name: NIXCACHE_CLIENT_CERT
+  client_key:
+    vars:
+      - name: nixcache_client_key
+    env:
+      - name: NIXCACHE_CLIENT_KEY
+  ca_path:
+    vars:
+      - name: nixcache_ca_path
+    env:
+      - name: NIXCACHE_CA_PATH
+  use_proxy:
+    vars:
+      - name: nixcache_use_proxy
+    env:
+      - name: NIXCACHE_USE_PROXY
+  aws_profile:
+    vars:
+      - name: nixcache_aws_profile
+  aws_region:
+    vars:
+      - name: nixcache_aws_region
+  endpoint_url:
+    vars:
+      - name: nixcache_endpoint_url
+  access_key:
+    vars:
+      - name: nixcache_access_key
+  secret_key:
+    vars:
+      - name: nixcache_secret_key
+  session_token:
+    vars:
+      - name: nixcache_session_token
+'''

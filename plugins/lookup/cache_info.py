@@ -17,6 +17,7 @@ author:
   - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
+  - nixcache.closure.cache.plugins
 options:
   _terms:
     description: Cache URLs to probe. When none are given, O(substituters) (or C(nix.conf)) are used.
@@ -53,7 +54,7 @@ _raw:
       description: Whether the cache answered.
       type: bool
     error:
-      description: Why the cache did not answer (only when RV(_raw.reachable) is false).
+      description: Why the cache did not answer (only when RV(_raw[].reachable) is false).
       type: str
     seconds:
       description: How long the C(nix-cache-info) request took.

@@ -16,6 +16,7 @@ author:
   - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
+  - nixcache.closure.cache.plugins
 options:
   _terms:
     description: Store paths; the result is the closure of all of them together.
@@ -55,10 +56,10 @@ _raw:
       description: Total compressed size in bytes, as the caches announce it.
       type: int
     nar_mb:
-      description: RV(_raw.nar_bytes) in MiB.
+      description: RV(_raw[].nar_bytes) in MiB.
       type: float
     download_mb:
-      description: RV(_raw.download_bytes) in MiB.
+      description: RV(_raw[].download_bytes) in MiB.
       type: float
 '''
 

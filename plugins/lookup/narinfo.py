@@ -15,6 +15,7 @@ author:
   - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
+  - nixcache.closure.cache.plugins
 options:
   _terms:
     description: Store paths.

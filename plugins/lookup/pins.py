@@ -22,6 +22,7 @@ author:
   - nixcache.closure maintainers (@nixcache)
 extends_documentation_fragment:
   - nixcache.closure.cache
+  - nixcache.closure.cache.plugins
 options:
   _terms:
     description: Package names, as the manifest lists them.

@@ -7,7 +7,7 @@ It sits above ``substituters`` (``file://``, ``http(s)://``) and ``s3`` (``s3://
 that neither of them imports the other.
 """
 
-from ansible.module_utils.six.moves.urllib.parse import urlparse
+from urllib.parse import urlparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR

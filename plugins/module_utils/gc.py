@@ -237,7 +237,7 @@ def _scan_roots(store, path, candidates, stale_links):
                            path, candidates)
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
-            raise StoreError('cannot read a garbage collector root: %s' % error.strerror, path=path)
+            raise StoreError('cannot read a garbage collector root: %s' % error.strerror, path=path) from error
 
 
 def _in_store(store, target):
@@ -418,7 +418,7 @@ class Collector(object):
                     store.discard(path)
                 except OSError as error:
                     raise StoreError('cannot delete a dead store path: %s' % error.strerror,
-                                     path=path)
+                                     path=path) from error
                 with self._condition:
                     self._pending.discard(name[:32])
                     self._condition.notify_all()
@@ -514,7 +514,7 @@ def _unlink(path):
         os.unlink(path)
     except OSError as error:
         if error.errno != errno.ENOENT:
-            raise StoreError('cannot remove a link: %s' % error.strerror, path=path)
+            raise StoreError('cannot remove a link: %s' % error.strerror, path=path) from error
 
 
 class _RootsServer(object):

@@ -29,7 +29,7 @@ def parse_hash(text, algorithm='sha256'):
         try:
             return binascii.unhexlify(encoded)
         except (binascii.Error, ValueError):
-            raise InvalidHash('invalid base16 hash', found=text)
+            raise InvalidHash('invalid base16 hash', found=text) from None
     return _digest_from_base64(encoded, text)
 
 
@@ -37,7 +37,7 @@ def _digest_from_base64(encoded, text):
     try:
         digest = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidHash('invalid base64 hash', found=text)
+        raise InvalidHash('invalid base64 hash', found=text) from None
     if len(digest) != SHA256_SIZE:
         raise InvalidHash('a sha256 hash has %d bytes, not %d' % (SHA256_SIZE, len(digest)), found=text)
     return digest

@@ -43,7 +43,7 @@ class Mirror(object):
             self.uid, self.gid = _owner_ids(root, owner, group)
         except KeyError as error:
             if not check_mode:  # a user made earlier in the same check run
-                raise StoreError('cannot resolve owner or group: %s' % error.args[0])
+                raise StoreError('cannot resolve owner or group: %s' % error.args[0]) from error
             self.uid = self.gid = None
         self.created, self.removed, self.changes, self.pending = [], [], [], []
 
@@ -66,7 +66,7 @@ class Mirror(object):
             if self.check_mode and not os.path.lexists(self.real(source)):
                 self.pending.append(source)
                 return None
-            raise StoreError('cannot list the source: %s' % error.strerror, path=source)
+            raise StoreError('cannot list the source: %s' % error.strerror, path=source) from error
 
     def mirror(self, source, dest, directories=(), only=None):
         """Link every entry of ``source`` (or those in ``only``) into ``dest``."""

@@ -430,7 +430,7 @@ def _remove_entry(parent_fd, name, shown):
                     entry[2] = None
                     continue
                 if error.errno != errno.ENOENT:
-                    raise _named(error, shown, dir_name)
+                    raise _named(error, shown, dir_name) from error
             stack.pop()
             os.close(fd)
     finally:
@@ -450,7 +450,7 @@ def _open_subdirectory(dir_fd, name, shown):
             if error.errno == errno.ENOENT:
                 return None
             if error.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise _named(error, shown, name)
+                raise _named(error, shown, name) from error
             try:   # a file or a symlink (maybe just swapped in): remove the entry itself
                 os.unlink(name, dir_fd=dir_fd)
                 return None
@@ -458,13 +458,13 @@ def _open_subdirectory(dir_fd, name, shown):
                 if unlink_error.errno == errno.ENOENT:
                     return None
                 if unlink_error.errno != errno.EISDIR:   # it became a directory: again
-                    raise _named(unlink_error, shown, name)
+                    raise _named(unlink_error, shown, name) from unlink_error
             continue
         try:
             os.fchmod(fd, 0o700)
         except OSError as error:
             os.close(fd)
-            raise _named(error, shown, name)
+            raise _named(error, shown, name) from error
         return fd
 
 
@@ -473,7 +473,7 @@ def _entry_names(fd, shown):
         with os.scandir(fd) as entries:
             return [os.fsencode(entry.name) for entry in entries]
     except OSError as error:
-        raise _named(error, shown, None)
+        raise _named(error, shown, None) from error
 
 
 def _named(error, shown, name):

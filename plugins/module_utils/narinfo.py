@@ -92,7 +92,7 @@ class NarInfo(object):
                 ca=_checked_ca(fields.get('CA') or None, path_text, source),
             )
         except (InvalidStorePath, InvalidHash) as error:
-            raise InvalidNarInfo('invalid narinfo: %s' % error, path=path_text, cache=source)
+            raise InvalidNarInfo('invalid narinfo: %s' % error, path=path_text, cache=source) from error
 
     def to_text(self, store_dir=STORE_DIR):
         lines = [('StorePath', self.store_path.path(store_dir)), ('URL', self.url),

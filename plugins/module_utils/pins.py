@@ -22,8 +22,7 @@ is read with the same clients (credentials, certificates, S3 settings) as the ca
 
 import json
 import os
-
-from ansible.module_utils.six.moves.urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse, urlunparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidStorePath,
@@ -73,7 +72,7 @@ def read_manifest(url, options=None, store_dir=STORE_DIR):
     try:
         document = json.loads(text)
     except ValueError as error:
-        raise InvalidManifest('the release manifest is not JSON: %s' % error, path=url)
+        raise InvalidManifest('the release manifest is not JSON: %s' % error, path=url) from error
     return parse_manifest(document, url, store_dir)
 
 
@@ -96,7 +95,7 @@ def parse_manifest(document, source, store_dir=STORE_DIR):
             except InvalidStorePath as error:
                 raise InvalidManifest('%s for %s is not a store path: %s'
                                       % (package, system, error.message), path=source,
-                                      found=repr(text))
+                                      found=repr(text)) from error
     return pins
 
 

@@ -182,7 +182,7 @@ def apply_options(root, state, path=None, paths=None, priorities=None, name='pro
             owner = user_entry(root, user)
         except KeyError as error:
             if not check_mode:  # a user made earlier in the same check run
-                raise StoreError('unknown user: %s' % error.args[0])
+                raise StoreError('unknown user: %s' % error.args[0]) from error
     if profile:
         profile_path = profile
     elif user:

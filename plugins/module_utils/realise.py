@@ -309,9 +309,9 @@ class Realiser(object):
                     item = find_narinfo(store_path, others, self.trusted_keys, self.require_sigs)
                 except NixCacheError:
                     if len(failures) == 1:
-                        raise error
+                        raise error from None
                     raise CacheUnavailable('no cache could deliver the path: %s' % '; '.join(failures),
-                                           path=str(store_path))
+                                           path=str(store_path)) from None
 
     def _download(self, item):
         """Stream one NAR into a temporary directory and check it: (directory, bytes)."""

@@ -93,5 +93,5 @@ def _entry(root, table, name):
                     return fields
     except (IOError, OSError) as error:
         raise KeyError('%s: %s cannot be read (%s)' % (name, under_root(root, table),
-                                                       error.strerror))
+                                                       error.strerror)) from error
     raise KeyError('%s is not in %s' % (name, under_root(root, table)))

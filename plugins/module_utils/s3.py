@@ -20,8 +20,7 @@ the AWS error code.
 
 import threading
 import traceback
-
-from ansible.module_utils.six.moves.urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable, MissingLibrary
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
@@ -109,7 +108,7 @@ class S3Substituter(Substituter):
                                               verify=self.options.validate_certs)
                 except botocore.exceptions.BotoCoreError as error:  # unknown profile, bad endpoint
                     raise CacheUnavailable('cannot set up the S3 client for bucket %s: %s'
-                                           % (self.bucket, error), cache=self.url)
+                                           % (self.bucket, error), cache=self.url) from error
             return self._s3
 
     def _key(self, relative_url):
@@ -169,7 +168,7 @@ class S3Substituter(Substituter):
             response = self._get(relative_url, offset)
         except _Missing as missing:
             raise CacheUnavailable('the cache lists %s but does not hold it (S3 answered %s)'
-                                   % (relative_url, missing), cache=self.url)
+                                   % (relative_url, missing), cache=self.url) from missing
         content_range = response.get('ContentRange') or ''
         if offset and content_range.startswith('bytes %d-' % offset):
             return _Body(response['Body']), offset

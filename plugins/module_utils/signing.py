@@ -92,7 +92,7 @@ def _split(text, size, what):
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidKey('%s "%s" is not valid base64' % (what, name), found=text)
+        raise InvalidKey('%s "%s" is not valid base64' % (what, name), found=text) from None
     if len(data) != size:
         raise InvalidKey('%s "%s" holds %d bytes, not %d' % (what, name, len(data), size),
                          found=text)

@@ -133,7 +133,7 @@ class LocalStore(object):
             self._db.execute('pragma foreign_keys = on')
         except sqlite3.Error as error:
             self.close()
-            raise StoreError('cannot open the Nix database: %s' % error, path=self.db_path)
+            raise StoreError('cannot open the Nix database: %s' % error, path=self.db_path) from error
         except BaseException:
             self.close()
             raise
@@ -250,7 +250,7 @@ class LocalStore(object):
             try:
                 return self._db.execute(sql, parameters).fetchall()
             except sqlite3.Error as error:
-                raise StoreError('reading the Nix database failed: %s' % error, path=self.db_path)
+                raise StoreError('reading the Nix database failed: %s' % error, path=self.db_path) from error
 
     def is_valid(self, store_path):
         return store_path in self.valid_subset([store_path])
@@ -324,7 +324,7 @@ class LocalStore(object):
             except sqlite3.Error as error:
                 self._db.execute('rollback')
                 raise StoreError('removing paths from the Nix database failed: %s' % error,
-                                 path=self.db_path)
+                                 path=self.db_path) from error
 
     def add_nar(self, info, data):
         """Add a path made here (not fetched) from its NAR ``data`` and register it, under
@@ -395,7 +395,7 @@ class LocalStore(object):
             except sqlite3.Error as error:
                 self._db.execute('rollback')
                 raise StoreError('registering paths in the Nix database failed: %s' % error,
-                                 path=self.db_path)
+                                 path=self.db_path) from error
 
 
 class _PathLock(object):

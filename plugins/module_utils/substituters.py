@@ -18,14 +18,23 @@ import random
 import socket
 import threading
 import time
+from http.client import HTTPException
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlparse, urlunparse
 
-from ansible.module_utils.six.moves.urllib.parse import urlparse, urlunparse, unquote
 from ansible.module_utils.urls import Request
 
 try:  # ansible-core 2.14 and later: one TLS context for every request to a cache
     from ansible.module_utils.urls import make_context
 except ImportError:  # pragma: no cover - older ansible-core builds a context per request
     make_context = None
+
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
+    CacheUnavailable,
+    NixCacheError,
+)
+from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
+from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
 
 
 def _request_takes_context():
@@ -38,16 +47,6 @@ def _request_takes_context():
 
 
 SHARED_TLS_CONTEXT = _request_takes_context()
-
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
-    CacheUnavailable,
-    NixCacheError,
-)
-from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
-from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
-
-from ansible.module_utils.six.moves.http_client import HTTPException
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 
 # HTTP statuses that mean "this cache does not have that file".  S3 answers 403 to
 # anonymous readers of a missing key, and Nix treats both the same way.
@@ -150,7 +149,7 @@ class Substituter(object):
             return data.decode('utf-8')
         except UnicodeDecodeError:
             raise CacheUnavailable('%s is not UTF-8 text' % relative_url,
-                                   path=_path_str(store_path), cache=self.url)
+                                   path=_path_str(store_path), cache=self.url) from None
 
     def _with_retries(self, action, relative_url, store_path):
         attempt = 0
@@ -169,7 +168,7 @@ class Substituter(object):
                     raise CacheUnavailable(
                         'cache did not answer for %s after %d attempt(s): %s'
                         % (relative_url, attempt + 1, reason),
-                        path=_path_str(store_path), cache=self.url)
+                        path=_path_str(store_path), cache=self.url) from error
                 time.sleep(self.options.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
                 attempt += 1
 
@@ -218,7 +217,7 @@ class FileSubstituter(Substituter):
         except (IOError, OSError) as error:
             if error.errno == errno.ENOENT:
                 raise CacheUnavailable('the cache lists %s but does not hold it' % relative_url,
-                                       cache=self.url)
+                                       cache=self.url) from error
             raise
 
 
@@ -262,7 +261,7 @@ class HttpSubstituter(Substituter):
                 entry = netrc.netrc(netrc_file).authenticators(host)
             except (netrc.NetrcParseError, IOError, OSError) as error:
                 raise CacheUnavailable('cannot read netrc file %s: %s' % (netrc_file, error),
-                                       cache=self.url)
+                                       cache=self.url) from error
             if entry:
                 http.update(url_username=entry[0], url_password=entry[2], force_basic_auth=True)
                 return http, 'basic auth as user %s from %s' % (entry[0], netrc_file)
@@ -296,7 +295,7 @@ class HttpSubstituter(Substituter):
             if error.code in (401, 407):
                 raise CacheUnavailable('the cache refused the credentials (HTTP %d %s); tried: %s'
                                        % (error.code, error.reason, self.credentials),
-                                       cache=self.url)
+                                       cache=self.url) from error
             raise
 
     def _read(self, relative_url, limit):
@@ -320,7 +319,7 @@ class HttpSubstituter(Substituter):
         except HTTPError as error:
             if error.code in MISSING_STATUSES:
                 raise CacheUnavailable('the cache lists %s but answers HTTP %d for it'
-                                       % (relative_url, error.code), cache=self.url)
+                                       % (relative_url, error.code), cache=self.url) from error
             raise
 
     def open_at(self, relative_url, offset, seconds=None):

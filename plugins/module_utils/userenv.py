@@ -118,7 +118,7 @@ def elements_from(paths, priorities=None, store_dir=STORE_DIR):
             numbers[key] = int(value)
         except (TypeError, ValueError):
             raise StoreError('a priority is a whole number (lower wins)', path=key,
-                             found=repr(value))
+                             found=repr(value)) from None
     return [Element(store_path, numbers.get(store_path.path(store_dir), DEFAULT_PRIORITY))
             for store_path in store_paths]
 
@@ -227,7 +227,7 @@ def _propagated(root, package):
     except (IOError, OSError) as error:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):
             return []
-        raise StoreError('cannot read %s: %s' % (PROPAGATED_FILE, error), path=package)
+        raise StoreError('cannot read %s: %s' % (PROPAGATED_FILE, error), path=package) from error
 
 
 class _TreeBuilder(object):
@@ -251,7 +251,7 @@ class _TreeBuilder(object):
                                      "not a directory" % source_dir)
                 return
             raise StoreError('cannot read a package directory: %s' % error.strerror,
-                             path=source_dir)
+                             path=source_dir) from error
         for name in sorted(names):
             if name.startswith('.'):
                 continue
@@ -263,7 +263,7 @@ class _TreeBuilder(object):
                 if error.errno in (errno.ENOENT, errno.ENOTDIR):
                     self.warnings.append("skipping dangling symlink '%s'" % source)
                     continue
-                raise StoreError('cannot read a package file: %s' % error.strerror, path=source)
+                raise StoreError('cannot read a package file: %s' % error.strerror, path=source) from error
             if source.endswith(_LEFT_OUT):
                 continue
             existing = dest.get(name)

@@ -21,6 +21,8 @@ author:
 requirements:
   - Python 3.8 or newer on the managed host; the standard library is enough.
 extends_documentation_fragment:
+  - nixcache.closure.attributes
+  - nixcache.closure.attributes.action_group
   - nixcache.closure.cache
 options:
   paths:
@@ -34,11 +36,12 @@ options:
     default: /
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
+    details: Reads the caches and the host only.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+  idempotent:
+    support: full
 '''
 
 EXAMPLES = r'''

@@ -20,6 +20,8 @@ author:
   - nixcache.closure maintainers (@nixcache)
 requirements:
   - Python 3.8 or newer on the managed host; the standard library is enough.
+extends_documentation_fragment:
+  - nixcache.closure.attributes
 options:
   paths:
     description: Realised store paths; their closure (from the Nix database) is checked.
@@ -38,11 +40,12 @@ options:
     default: /
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
+    details: Reads the store only.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+  idempotent:
+    support: full
 '''
 
 EXAMPLES = r'''

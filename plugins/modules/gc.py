@@ -29,6 +29,8 @@ author:
   - nixcache.closure maintainers (@nixcache)
 requirements:
   - Python 3.8 or newer on the managed host; the standard library is enough.
+extends_documentation_fragment:
+  - nixcache.closure.attributes
 options:
   delete_old:
     description:
@@ -62,10 +64,11 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Returns what would be deleted and freed, and deletes nothing.
+    details: Returns what would be deleted and freed, and deletes nothing.
   diff_mode:
     support: none
-    description: Nothing to show as a diff.
+  idempotent:
+    support: full
 notes:
   - Profiles whose generations are deleted are the C(nix-env) style profiles that
     M(nixcache.closure.profile) and Nix write.

@@ -22,6 +22,8 @@ author:
 requirements:
   - Python 3.8 or newer on the managed host (tested on CPython 3.8 to 3.13); the standard
     library is enough.
+extends_documentation_fragment:
+  - nixcache.closure.attributes
 options:
   source:
     description: The directory to mirror, as seen on the host (it may lead through symlinks).
@@ -83,16 +85,16 @@ options:
         default: {}
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: >-
       A source that does not exist yet (a profile that an earlier task of the same dry run would
       make) is reported in RV(pending) instead of failing the task. With O(plan), sources through
       the profile are listed from the packages it is about to hold.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The links created, changed and removed, with their old and new targets.
+  idempotent:
+    support: full
 '''
 
 EXAMPLES = r'''

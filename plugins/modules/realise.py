@@ -28,6 +28,8 @@ requirements:
   - C(boto3) for C(s3://) caches.
   - C(zstandard) (Python) or the C(zstd) program for C(zstd) caches.
 extends_documentation_fragment:
+  - nixcache.closure.attributes
+  - nixcache.closure.attributes.action_group
   - nixcache.closure.cache
 options:
   paths:
@@ -82,13 +84,13 @@ attributes:
     description: Runs asynchronously (then without progress lines).
     support: full
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Fetches the C(.narinfo) files only and returns the plan (paths, download and unpacked sizes).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The store paths fetched (in check mode, to fetch) with their download and unpacked sizes.
+  idempotent:
+    support: full
 notes:
   - Refuses to start when the free space under the store is less than the unpacked size of the
     paths to fetch.

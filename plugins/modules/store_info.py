@@ -26,10 +26,13 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: It changes nothing in any mode.
+    details: It changes nothing in any mode.
   diff_mode:
     support: none
-    description: Nothing to show as a diff.
+  idempotent:
+    support: full
+extends_documentation_fragment:
+  - nixcache.closure.attributes
 options:
   paths:
     description:

@@ -15,13 +15,20 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 
+VARIABLE_PREFIX = 'nixcache_'
+
 
 class CacheLookupBase(LookupBase):
     """A lookup that reads Nix binary caches with the options of the ``cache`` fragment."""
 
     def cache_options(self, variables, kwargs):
-        """Set the lookup's options; the cache options as the module would get them."""
-        self.set_options(var_options=variables, direct=kwargs)
+        """Set the lookup's options; the cache options as the module would get them.
+
+        An option may come from a keyword, a ``nixcache_*`` variable or a ``NIXCACHE_*``
+        environment variable, in this order; the variables are templated first."""
+        own = dict((name, self._templar.template(value)) for name, value in (variables or {}).items()
+                   if name.startswith(VARIABLE_PREFIX))
+        self.set_options(var_options=own, direct=kwargs)
         return dict((name, self.get_option(name)) for name in CACHE_ARGUMENT_SPEC)
 
     def caches(self, options, probe=True):
@@ -35,4 +42,4 @@ def lookup_errors():
     try:
         yield
     except NixCacheError as error:
-        raise AnsibleLookupError(str(error))
+        raise AnsibleLookupError(str(error)) from error

@@ -1,7 +1,10 @@
 """The controller-side lookups, run by ansible-playbook against a loopback HTTP cache."""
+import os
+
 import pytest
 
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import parse_hash
+from nixtest import interpreters
 from nixtest.ansible import run_playbook
 
 LOOKUPS = '''
@@ -47,6 +50,68 @@ def test_lookup_fails_with_the_reason(key_kind, caches, small_closure, http_cach
     result.assert_failed()
     reason = 'no signature' if key_kind == 'untrusted' else 'not valid base64'
     assert reason in result.stdout + result.stderr
+
+
+PLAY_VARIABLES = '''
+- hosts: localhost
+  gather_facts: false
+  vars:
+    nixcache_substituters: ["{{ url }}"]
+    nixcache_trusted_public_keys: ["{{ key }}"]
+  tasks:
+    - name: One narinfo, the caches from the play's variables
+      ansible.builtin.set_fact:
+        info: "{{ lookup('nixcache.closure.narinfo', top) }}"
+      register: narinfo_lookup
+'''
+
+ENVIRONMENT = '''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: One narinfo, the caches from the controller's environment
+      ansible.builtin.set_fact:
+        info: "{{ lookup('nixcache.closure.narinfo', top) }}"
+      register: narinfo_lookup
+'''
+
+
+def controller_playbook(name):
+    """The ansible-playbook of a controller: None for the default one."""
+    if name == 'default':
+        return None
+    found = interpreters.controller(name)
+    if found is None:
+        message = 'no %s controller: run `make controllers`' % name
+        if os.environ.get('NIXTEST_STRICT'):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return found[0]
+
+
+@pytest.mark.parametrize('controller', ('default',) + interpreters.CONTROLLERS)
+@pytest.mark.parametrize('source', ['play variables', 'environment'])
+def test_lookup_takes_cache_options_from_variables_or_environment(source, controller, caches, small_closure):
+    ansible_playbook = controller_playbook(controller)
+    url, key = caches['xz'].url, caches['xz'].public_key
+    if source == 'play variables':
+        result = run_playbook(PLAY_VARIABLES, extra_vars=dict(url=url, key=key, top=small_closure.top),
+                              ansible_playbook=ansible_playbook)
+    else:
+        result = run_playbook(ENVIRONMENT, extra_vars=dict(top=small_closure.top), ansible_playbook=ansible_playbook,
+                              env=dict(NIXCACHE_SUBSTITUTERS=url, NIXCACHE_TRUSTED_PUBLIC_KEYS=key))
+    result.assert_ok()
+    info = result.registered('narinfo_lookup')['ansible_facts']['info']
+    assert info['cache'] == url and info['signed_by'] == 'nixtest-trusted-1'
+
+
+def test_lookup_keyword_wins_over_play_variable(caches, small_closure, http_cache, nix_keys):
+    play = PLAY_VARIABLES.replace("lookup('nixcache.closure.narinfo', top)",
+                                  "lookup('nixcache.closure.narinfo', top, trusted_public_keys=[untrusted])")
+    result = run_playbook(play, extra_vars=dict(url=http_cache.url_for('xz'), key=caches['xz'].public_key,
+                                                untrusted=nix_keys.untrusted.public, top=small_closure.top))
+    result.assert_failed()
+    assert 'no signature' in result.stdout + result.stderr
 
 
 def test_module_defaults_group_sets_cache_options(caches, small_closure, alt_root):

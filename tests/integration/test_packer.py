@@ -188,7 +188,7 @@ class Moto:
         env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
         env['MOTO_AMIS_PATH'] = amis
         server = os.path.join(os.path.dirname(sys.executable), 'moto_server')
-        for dummy in range(5):
+        for _attempt in range(5):
             port = free_port()
             log = open(os.path.join(self.directory, 'moto.log'), 'ab')
             self.process = subprocess.Popen([server, '-H', '127.0.0.1', '-p', str(port)],

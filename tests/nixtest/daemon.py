@@ -32,7 +32,7 @@ class LoopbackDaemon:
         try:
             self._prepare()
             last_error = None
-            for dummy in range(self.attempts):
+            for _attempt in range(self.attempts):
                 self.port = free_port()
                 self._log = open(self.log_path(), 'ab')
                 self._spawn()
