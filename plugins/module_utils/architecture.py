@@ -13,6 +13,7 @@ them on Linux, and as Nix systems (``aarch64-linux``) in messages.
 import os
 import platform
 import struct
+from typing import Any, Dict, Optional, Tuple
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 
@@ -41,23 +42,23 @@ class WrongArchitecture(NixCacheError):
     """A closure built for another machine than the host's."""
 
 
-def normalise(machine):
+def normalise(machine: str) -> str:
     """``uname -m`` spelling of a machine name (``arm64`` -> ``aarch64``)."""
     machine = (machine or '').strip().lower()
     return ALIASES.get(machine, machine)
 
 
-def host_machine():
+def host_machine() -> str:
     """This host's machine, as ``uname -m`` names it."""
     return normalise(platform.machine())
 
 
-def nix_system(machine):
+def nix_system(machine: str) -> str:
     """The Nix system of a Linux machine (``aarch64`` -> ``aarch64-linux``)."""
     return '%s-linux' % normalise(machine)
 
 
-def elf_machine(path):
+def elf_machine(path: str) -> Optional[str]:
     """The machine an ELF file is built for, or None for anything that is not ELF.
 
     Unknown machines are named ``elf-machine-N``."""
@@ -87,7 +88,7 @@ def _files(top):
             yield path
 
 
-def path_architecture(real_path):
+def path_architecture(real_path: str) -> Tuple[Optional[str], Optional[str]]:
     """``(machine, file)`` of the first ELF file in a store path, or ``(None, None)``."""
     if os.path.isfile(real_path) and not os.path.islink(real_path):
         machine = elf_machine(real_path)
@@ -101,12 +102,12 @@ def path_architecture(real_path):
     return None, None
 
 
-def runs_on(machine, host):
+def runs_on(machine: str, host: str) -> bool:
     """Whether code built for ``machine`` runs on a ``host``."""
     return machine == host or machine in RUNS_ALSO.get(host, ())
 
 
-def check_closure(architectures, host, requested):
+def check_closure(architectures: Dict[Any, Tuple[Optional[str], Optional[str]]], host: str, requested: Any) -> None:
     """Raise WrongArchitecture when a path of ``architectures`` (store path -> (machine,
     file)) does not run on ``host``; the message names both machines and the file."""
     for store_path in sorted(architectures):

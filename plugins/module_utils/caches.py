@@ -7,17 +7,20 @@ It sits above ``substituters`` (``file://``, ``http(s)://``) and ``s3`` (``s3://
 that neither of them imports the other.
 """
 
+from typing import Optional
 from urllib.parse import urlparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     SCHEMES,
+    CacheOptions,
+    Substituter,
     redact_url,
 )
 
 
-def make_substituter(url, options=None, store_dir=STORE_DIR):
+def make_substituter(url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> Substituter:
     """The Substituter for a cache URL; an unknown scheme is a clear error."""
     scheme = urlparse(url).scheme
     if scheme == 's3':  # imported on demand: it is the only reader that needs boto3

@@ -12,6 +12,7 @@ trustworthy answer wins.
 """
 
 import concurrent.futures
+from typing import Any, Callable, Iterable, Optional, Sequence, Set
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidNarInfo,
@@ -68,7 +69,8 @@ class Plan(object):
         return sum(item.narinfo.nar_size for item in self.to_fetch)
 
 
-def plan_closure(requested, caches, trusted_keys, present=None, require_sigs=True, jobs=8):
+def plan_closure(requested: Iterable[Any], caches: Sequence[Any], trusted_keys: Any, present: Optional[Callable[[Any], Set[Any]]] = None,
+                 require_sigs: bool = True, jobs: int = 8) -> 'Plan':
     """Plan the closure of ``requested`` (StorePaths).
 
     ``present(paths) -> set`` tells which paths need no fetching (the local store's
@@ -116,7 +118,7 @@ def plan_closure(requested, caches, trusted_keys, present=None, require_sigs=Tru
     return Plan(list(requested), [planned[path] for path in order], valid)
 
 
-def find_narinfo(store_path, caches, trusted_keys, require_sigs=True):
+def find_narinfo(store_path: Any, caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True) -> 'PlannedPath':
     """Ask the caches in order for a trustworthy narinfo of ``store_path``: a PlannedPath."""
     answers = []
     rejections = []

@@ -10,6 +10,7 @@ same way, and turns library errors into one failure shape.
 
 import contextlib
 import os
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ansible.module_utils.basic import missing_required_lib
 
@@ -61,14 +62,14 @@ CACHE_ARGUMENT_SPEC = dict(
 DEFAULT_NETRC = '/etc/nix/netrc'  # Nix's default netrc-file
 
 
-def cache_argument_spec(**extra):
+def cache_argument_spec(**extra: Any) -> Dict[str, Any]:
     """The shared cache options plus a plugin's own."""
     spec = dict((name, dict(option)) for name, option in CACHE_ARGUMENT_SPEC.items())
     spec.update(extra)
     return spec
 
 
-def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
+def caches_from_options(options: Dict[str, Any], root: str = '/', store_dir: str = STORE_DIR, probe: bool = True) -> Tuple[List[Any], Any]:
     """Substituters and trusted keys from the cache options.
 
     Options left empty are taken from ``ROOT/etc/nix/nix.conf`` unless ``use_nix_conf``
@@ -97,7 +98,7 @@ def caches_from_options(options, root='/', store_dir=STORE_DIR, probe=True):
     return caches, trusted
 
 
-def client_options(options, root='/', settings=None):
+def client_options(options: Dict[str, Any], root: str = '/', settings: Optional[Dict[str, str]] = None) -> Any:
     """How to reach caches (and other files beside them) from the cache options: time-outs,
     retries, HTTP credentials and certificates, S3 settings.  ``settings`` are nix.conf's."""
     settings = settings or {}
@@ -118,7 +119,7 @@ def client_options(options, root='/', settings=None):
                         aws=dict((k, v) for k, v in aws.items() if v))
 
 
-def probe_caches(caches, store_dir=STORE_DIR, by_priority=False):
+def probe_caches(caches: Sequence[Any], store_dir: str = STORE_DIR, by_priority: bool = False) -> Sequence[Any]:
     """Read every cache's nix-cache-info once: refuse a cache of another store directory,
     and order by Priority when asked.  A cache that does not answer is kept (marked
     unavailable), so that the others can still serve."""
@@ -138,7 +139,7 @@ def probe_caches(caches, store_dir=STORE_DIR, by_priority=False):
     return caches
 
 
-def parse_store_paths(texts, store_dir=STORE_DIR):
+def parse_store_paths(texts: Iterable[str], store_dir: str = STORE_DIR) -> List[Any]:
     """StorePaths from user input, de-duplicated, in the order given."""
     paths = []
     for text in texts:
@@ -148,7 +149,7 @@ def parse_store_paths(texts, store_dir=STORE_DIR):
     return paths
 
 
-def failure(error):
+def failure(error: BaseException) -> Dict[str, Any]:
     """``fail_json`` keyword arguments for a library error."""
     result = dict(msg=str(error), error=type(error).__name__)
     if isinstance(error, NixCacheError):
@@ -162,7 +163,7 @@ def failure(error):
 
 
 @contextlib.contextmanager
-def module_errors(module, **extra):
+def module_errors(module: Any, **extra: Any) -> Iterator[None]:
     """The one edge between the library and Ansible: a library error (or a stray OSError)
     raised inside the block ends the module with ``fail_json``, its message and context
     (path, cache, expected, found), plus ``extra`` fields; never with a traceback."""

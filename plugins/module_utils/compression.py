@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import zlib
+from typing import Any, List, Optional
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidNar, UnsupportedCompression)
@@ -433,7 +434,7 @@ def _zstd_program():
     return shutil.which(ZSTD_PROGRAM)
 
 
-def available_methods():
+def available_methods() -> List[str]:
     """The compression methods this host can decompress, in the order of ``METHODS``."""
     methods = ['none', 'xz', 'bzip2', 'gzip']
     if _zstandard is not None or _stdlib_zstd is not None or _zstd_program():
@@ -443,7 +444,7 @@ def available_methods():
     return methods
 
 
-def open_decompressed(method, raw):
+def open_decompressed(method: Optional[str], raw: Any) -> Any:
     """A reader with ``read(n)`` and ``close()`` that decompresses ``raw`` as it goes."""
     if method in ('none', '', None):
         return _Passthrough(raw)

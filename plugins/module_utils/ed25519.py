@@ -11,6 +11,7 @@ verifying public signatures; signing is only offered for tests and tools.
 """
 
 import hashlib
+from typing import Optional, Tuple
 
 P = 2 ** 255 - 19
 L = 2 ** 252 + 27742317777372353535851937790883648493  # order of the base point
@@ -50,7 +51,7 @@ def _recover_x(y, sign):
     return P - x if (x & 1) != sign else x
 
 
-def decode_point(data):
+def decode_point(data: bytes) -> Optional[Tuple[int, int, int, int]]:
     """The point of a 32-byte encoding, or None when it is not a canonical curve point."""
     if len(data) != 32:
         return None
@@ -62,7 +63,7 @@ def decode_point(data):
     return (x, y, 1, x * y % P)
 
 
-def encode_point(point):
+def encode_point(point: Tuple[int, int, int, int]) -> bytes:
     x, y, z = point[:3]
     inverse = pow(z, P - 2, P)
     x, y = x * inverse % P, y * inverse % P
@@ -100,7 +101,7 @@ def _has_small_order(point):
     return encode_point(_multiply(8, point)) == encode_point(IDENTITY)
 
 
-def verify(public_key, signature, message):
+def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """Whether ``signature`` (64 bytes) is valid for ``message`` under ``public_key`` (32 bytes)."""
     if len(public_key) != 32 or len(signature) != 64:
         return False
@@ -123,13 +124,13 @@ def _expand_seed(seed):
     return scalar, digest[32:]
 
 
-def public_key_of(seed):
+def public_key_of(seed: bytes) -> bytes:
     """The 32-byte public key of a 32-byte secret seed."""
     scalar = _expand_seed(seed)[0]
     return encode_point(_multiply(scalar, BASE))
 
 
-def sign(seed, message):
+def sign(seed: bytes, message: bytes) -> bytes:
     """The 64-byte signature of ``message`` by the key with this 32-byte seed."""
     scalar, prefix = _expand_seed(seed)
     public_key = encode_point(_multiply(scalar, BASE))

@@ -9,6 +9,7 @@ with ``error.details()``; nothing else in the library knows about Ansible.
 """
 
 import contextlib
+from typing import Any, Iterator
 
 
 class NixCacheError(Exception):
@@ -99,7 +100,7 @@ class InsufficientSpace(StoreError):
 
 
 @contextlib.contextmanager
-def file_errors(what, path):
+def file_errors(what: str, path: Any) -> Iterator[None]:
     """Turn an OSError into a StoreError that names the file (or else ``path``)."""
     try:
         yield

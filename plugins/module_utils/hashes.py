@@ -13,7 +13,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import Inv
 SHA256_SIZE = 32
 
 
-def parse_hash(text, algorithm='sha256'):
+def parse_hash(text: str, algorithm: str = 'sha256') -> bytes:
     """The digest of ``sha256:<base32|base16|base64>`` or SRI ``sha256-<base64>``."""
     if not isinstance(text, str):
         raise InvalidHash('a hash must be a string', found=repr(text))
@@ -43,15 +43,15 @@ def _digest_from_base64(encoded, text):
     return digest
 
 
-def format_base32(digest):
+def format_base32(digest: bytes) -> str:
     return 'sha256:' + nixbase32.encode(digest)
 
 
-def format_base16(digest):
+def format_base16(digest: bytes) -> str:
     return 'sha256:' + binascii.hexlify(digest).decode('ascii')
 
 
-def format_sri(digest):
+def format_sri(digest: bytes) -> str:
     return 'sha256-' + base64.b64encode(digest).decode('ascii')
 
 

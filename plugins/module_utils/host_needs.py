@@ -9,13 +9,15 @@ the ``brotli`` package.  The standard library covers everything else.  The names
 (``boto3``, ``zstd``, ``brotli``) are what a role maps to the packages of its distribution.
 """
 
+from typing import Iterable, List, Optional
+
 from ansible_collections.nixcache.closure.plugins.module_utils import compression, s3
 
 # compression method -> what provides it
 DECOMPRESSORS = {'zstd': 'zstd', 'br': 'brotli'}
 
 
-def scheme_needs(urls, has_boto3=None):
+def scheme_needs(urls: Iterable[str], has_boto3: Optional[bool] = None) -> List[str]:
     """What the cache URLs need that the host lacks (``['boto3']`` or ``[]``)."""
     has_boto3 = s3.HAS_BOTO3 if has_boto3 is None else has_boto3
     if any(url.startswith('s3://') for url in urls) and not has_boto3:
@@ -23,7 +25,7 @@ def scheme_needs(urls, has_boto3=None):
     return []
 
 
-def compression_needs(methods, available=None):
+def compression_needs(methods: Iterable[str], available: Optional[Iterable[str]] = None) -> List[str]:
     """What the compression methods need that the host lacks, without repeats."""
     available = compression.available_methods() if available is None else available
     needs = []

@@ -10,18 +10,18 @@ ALPHABET = '0123456789abcdfghijklmnpqrsvwxyz'
 _VALUES = dict((char, value) for value, char in enumerate(ALPHABET))
 
 
-def encoded_length(size):
+def encoded_length(size: int) -> int:
     """Characters needed for ``size`` bytes."""
     return (size * 8 + 4) // 5
 
 
-def encode(data):
+def encode(data: bytes) -> str:
     number = int.from_bytes(data, 'little')
     return ''.join(ALPHABET[(number >> (5 * index)) & 31]
                    for index in reversed(range(encoded_length(len(data)))))
 
 
-def decode(text):
+def decode(text: str) -> bytes:
     size = len(text) * 5 // 8
     if encoded_length(size) != len(text):
         raise InvalidHash('invalid length %d for Nix base32' % len(text), found=text)
@@ -36,7 +36,7 @@ def decode(text):
     return number.to_bytes(size, 'little')
 
 
-def is_valid(text, size):
+def is_valid(text: str, size: int) -> bool:
     """Whether ``text`` is the Nix base32 form of exactly ``size`` bytes."""
     try:
         return len(text) == encoded_length(size) and len(decode(text)) == size

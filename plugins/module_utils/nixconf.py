@@ -9,6 +9,7 @@ one, a later assignment replaces an earlier one, and ``extra-NAME`` appends to N
 """
 
 import os
+from typing import Dict, List
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidNixConf
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
@@ -22,7 +23,7 @@ ALIASES = {
 MAX_INCLUDE_DEPTH = 16
 
 
-def read_nix_conf(path=NIX_CONF, root='/'):
+def read_nix_conf(path: str = NIX_CONF, root: str = '/') -> Dict[str, str]:
     """Settings of ``path`` (looked up under ``root``) as ``{name: value string}``.
 
     Returns ``{}`` when the file does not exist.  Includes are resolved under ``root`` too.
@@ -34,7 +35,7 @@ def read_nix_conf(path=NIX_CONF, root='/'):
     return settings
 
 
-def setting_list(settings, name):
+def setting_list(settings: Dict[str, str], name: str) -> List[str]:
     """A whitespace-separated list setting, ``extra-`` values included."""
     return settings.get(name, '').split()
 
