@@ -26,6 +26,7 @@ import socket
 import stat
 import threading
 import time
+from typing import Any, Dict, List, Optional, Union
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidStorePath,
@@ -47,7 +48,7 @@ _SIZE = re.compile(r'\A([0-9]+)\s*([KMGT]?)(i?B)?\Z', re.IGNORECASE)
 _UNITS = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
 
 
-def parse_days(text):
+def parse_days(text: Optional[str]) -> int:
     """Seconds in ``Nd``, the only form ``nix-collect-garbage --delete-older-than`` takes."""
     match = _DAYS.match(text or '')
     if not match or int(match.group(1)) < 1:
@@ -55,7 +56,7 @@ def parse_days(text):
     return int(match.group(1)) * 24 * 3600
 
 
-def parse_size(text):
+def parse_size(text: Union[str, int]) -> int:
     """Bytes in ``123``, ``500M``, ``2GiB`` (powers of 1024)."""
     match = _SIZE.match(str(text).strip())
     if not match:
@@ -63,8 +64,8 @@ def parse_size(text):
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
-def collect_garbage(root='/', delete_old=False, delete_older_than=None, max_freed=None,
-                    runtime_roots=True, dry_run=False):
+def collect_garbage(root: str = '/', delete_old: bool = False, delete_older_than: Optional[str] = None, max_freed: Union[str, int, None] = None,
+                    runtime_roots: bool = True, dry_run: bool = False) -> Dict[str, Any]:
     """Delete old generations (if asked), then every dead store entry; with ``dry_run``
     only say what would go.  Returns the module's result."""
     older_than = None if not delete_older_than else parse_days(delete_older_than)
@@ -104,7 +105,7 @@ def _forget_reason(roots, reason):
 
 # --- generations ------------------------------------------------------------------------
 
-def delete_generations(root, older_than=None, dry_run=False, now=None):
+def delete_generations(root: str, older_than: Optional[float] = None, dry_run: bool = False, now: Optional[float] = None) -> List[str]:
     """Delete old generations of every profile under ``/nix/var/nix/profiles`` as
     ``nix-collect-garbage -d`` (``older_than`` None) or ``--delete-older-than`` does.
 
@@ -140,7 +141,7 @@ def delete_generations(root, older_than=None, dry_run=False, now=None):
     return deleted
 
 
-def profiles(root, directory=PROFILES_DIR):
+def profiles(root: str, directory: str = PROFILES_DIR) -> List[Profile]:
     """The profiles below ``directory``: links whose target names a generation (a link
     ``NAME-N-link`` is a generation itself, not a profile)."""
     real = under_root(root, directory)
@@ -177,7 +178,7 @@ class Roots(object):
         self.stale_links = []
 
 
-def find_roots(store, runtime=True, remove_stale=False):
+def find_roots(store: LocalStore, runtime: bool = True, remove_stale: bool = False) -> 'Roots':
     """Every root of ``store`` Nix 2.8 would see; only valid paths count as roots."""
     found = Roots()
     candidates = {}
@@ -488,7 +489,7 @@ def _referrers_first(paths, graph):
     return ordered
 
 
-def disk_bytes(path):
+def disk_bytes(path: str) -> int:
     """What deleting ``path`` frees as Nix counts it: the sizes of its files with one or
     two links."""
     total = 0

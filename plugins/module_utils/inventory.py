@@ -7,6 +7,7 @@ roots and receipts, and whether the disk and the database agree.  Reads only."""
 import datetime
 import json
 import os
+from typing import Any, Dict, Iterable, List, Optional
 
 from ansible_collections.nixcache.closure.plugins.module_utils import gc
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidStorePath
@@ -18,7 +19,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import und
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 
 
-def describe(store, only=None, check_contents=False, runtime_roots=True):
+def describe(store: Any, only: Optional[Iterable[StorePath]] = None, check_contents: bool = False, runtime_roots: bool = True) -> Dict[str, Any]:
     """A dict describing ``store`` (opened, possibly read-only); ``only``: StorePaths
     whose closure alone is listed."""
     graph = store.graph()
@@ -42,7 +43,7 @@ def describe(store, only=None, check_contents=False, runtime_roots=True):
     )
 
 
-def list_profiles(root):
+def list_profiles(root: str) -> List[Dict[str, Any]]:
     """Every profile under /nix/var/nix/profiles with its generations."""
     found = []
     for profile in gc.profiles(root, PROFILES_DIR):
@@ -56,7 +57,7 @@ def list_profiles(root):
     return found
 
 
-def list_receipts(root):
+def list_receipts(root: str) -> List[Dict[str, Any]]:
     """The receipts ``realise`` left: requested path, paths and bytes of its closure."""
     directory = under_root(root, RECEIPTS_DIR)
     found = []
@@ -80,7 +81,7 @@ def list_receipts(root):
     return found
 
 
-def check(store, graph, listed=None, check_contents=False):
+def check(store: Any, graph: Dict[StorePath, Any], listed: Optional[Iterable[StorePath]] = None, check_contents: bool = False) -> Dict[str, Any]:
     """Whether disk and database agree: valid paths missing on disk, store entries the
     database does not know (leftovers), and with ``check_contents`` paths whose contents
     no longer hash to their NarHash (what ``nix-store --verify --check-contents`` finds)."""

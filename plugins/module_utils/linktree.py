@@ -10,6 +10,7 @@ nothing inside the Nix store is ever followed for writing or changed in ownershi
 """
 
 import os
+from typing import Any, Dict, Optional, Tuple
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import (
@@ -161,7 +162,7 @@ def _owner_ids(root, owner, group):
     return uid, gid
 
 
-def planned_environment(plan, root):
+def planned_environment(plan: Dict[str, Any], root: str) -> Optional[Tuple[str, Any]]:
     """(profile link, Environment) for check mode, when every package of ``plan`` (link,
     packages, priorities: the profile about to be made) is valid; else None."""
     elements = elements_from(plan['packages'], plan['priorities'])

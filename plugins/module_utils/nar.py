@@ -21,6 +21,7 @@ import hashlib
 import os
 import stat
 import struct
+from typing import Any, Callable, Optional, Tuple, Union
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidNar, StoreError
 
@@ -385,7 +386,7 @@ class _Unpacker(object):
                     % (_show(field), _show(node_type), ' or '.join(_show(f) for f in fields)))
 
 
-def remove_tree(path):
+def remove_tree(path: Union[str, bytes]) -> None:
     """Remove ``path`` and everything below it, read-only directories included.
 
     Works relative to directory descriptors opened with ``O_NOFOLLOW``, never by path:
@@ -483,7 +484,7 @@ def _named(error, shown, name):
     return OSError(error.errno, error.strerror, where)
 
 
-def unpack(stream, dest, max_size=None):
+def unpack(stream: Any, dest: Union[str, bytes], max_size: Optional[int] = None) -> None:
     """Read one NAR from ``stream`` and create it at ``dest``.
 
     ``dest`` must not exist; its parent must.  ``stream.read(n)`` may return fewer bytes
@@ -587,7 +588,7 @@ def _read_exactly(fd, size, path):
     return b''.join(parts)
 
 
-def dump(path, write):
+def dump(path: Union[str, bytes], write: Callable[[bytes], Any]) -> None:
     """Serialise ``path`` as a NAR, passing it to ``write(bytes)`` in chunks."""
     out = _Batcher(write)
     out.put(MAGIC)
@@ -631,7 +632,7 @@ def dump(path, write):
     out.flush()
 
 
-def dump_tree(node, write):
+def dump_tree(node: Tuple[Any, ...], write: Callable[[bytes], Any]) -> None:
     """Serialise an in-memory tree as a NAR, passing it to ``write(bytes)``.
 
     A node is ``('directory', {name: node})``, ``('symlink', target)`` or
@@ -664,7 +665,7 @@ def _dump_node(node, out):
     out.put(_CLOSE)
 
 
-def nar_hash(path):
+def nar_hash(path: Union[str, bytes]) -> Tuple[bytes, int]:
     """The sha256 digest and the size of the NAR serialisation of ``path``."""
     digest = hashlib.sha256()
     size = [0]

@@ -191,7 +191,7 @@ def _checked_system(value):
     return value if value is not None and _SYSTEM.match(value) else None
 
 
-def is_signature(text):
+def is_signature(text: str) -> bool:
     """``NAME:BASE64`` of a 64-byte Ed25519 signature, the only Sig form that can verify."""
     if not _SIGNATURE.match(text):
         return False

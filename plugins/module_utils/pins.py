@@ -22,6 +22,7 @@ is read with the same clients (credentials, certificates, S3 settings) as the ca
 
 import json
 import os
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlparse, urlunparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
@@ -46,13 +47,13 @@ class InvalidManifest(NixCacheError):
     """A release manifest that cannot be read, is not one, or lacks a pin."""
 
 
-def nix_system(architecture, kernel='linux'):
+def nix_system(architecture: Optional[str], kernel: str = 'linux') -> Optional[str]:
     """``x86_64-linux`` from ``x86_64``; None for a machine type Nix has no name for."""
     machine = ARCHITECTURES.get((architecture or '').lower())
     return '%s-%s' % (machine, kernel.lower()) if machine else None
 
 
-def split_url(url):
+def split_url(url: str) -> Tuple[str, str]:
     """(URL of the directory, file name) of a manifest URL or file path."""
     if '://' not in url:
         url = 'file://' + os.path.abspath(url)
@@ -63,7 +64,7 @@ def split_url(url):
     return urlunparse(parsed._replace(path=directory or '/')).rstrip('/'), name
 
 
-def read_manifest(url, options=None, store_dir=STORE_DIR):
+def read_manifest(url: str, options: Any = None, store_dir: str = STORE_DIR) -> Dict[str, Dict[str, StorePath]]:
     """The release manifest at ``url``: {package: {system: StorePath}}."""
     directory, name = split_url(url)
     text = make_substituter(directory, options, store_dir).read_text(name)
@@ -76,7 +77,7 @@ def read_manifest(url, options=None, store_dir=STORE_DIR):
     return parse_manifest(document, url, store_dir)
 
 
-def parse_manifest(document, source, store_dir=STORE_DIR):
+def parse_manifest(document: Any, source: str, store_dir: str = STORE_DIR) -> Dict[str, Dict[str, StorePath]]:
     if not isinstance(document, dict) or not isinstance(document.get('packages'), dict):
         raise InvalidManifest('not a release manifest: expected {"version": 1, "packages": '
                               '{NAME: {SYSTEM: STORE_PATH}}}', path=source)
@@ -99,7 +100,7 @@ def parse_manifest(document, source, store_dir=STORE_DIR):
     return pins
 
 
-def pin(pins, package, system, source):
+def pin(pins: Dict[str, Dict[str, StorePath]], package: str, system: str, source: str) -> StorePath:
     """The store path of ``package`` for ``system``; a clear error naming what there is."""
     if package not in pins:
         raise InvalidManifest('no package %s in the release manifest' % package, path=source,

@@ -18,6 +18,7 @@ environment of several packages built as ``nix profile`` builds it (see ``useren
 import hashlib
 import os
 import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
@@ -167,12 +168,13 @@ class Profile(object):
         _make_dirs(self.real_directory)
 
 
-def store_path_of(target, store_dir=STORE_DIR):
+def store_path_of(target: Optional[str], store_dir: str = STORE_DIR) -> Optional[StorePath]:
     return None if target is None else StorePath.parse(target, store_dir)
 
 
-def apply_options(root, state, path=None, paths=None, priorities=None, name='profile',
-                  user=None, profile=None, link=None, keep=None, check_mode=False):
+def apply_options(root: str, state: str, path: Optional[str] = None, paths: Optional[List[str]] = None, priorities: Optional[Dict[str, int]] = None,
+                  name: str = 'profile', user: Optional[str] = None, profile: Optional[str] = None, link: Optional[str] = None,
+                  keep: Optional[int] = None, check_mode: bool = False) -> Dict[str, Any]:
     """The profile module's options as one change: the profile (``profile``, else per
     ``user``, else shared, by ``name``), the owner and ``.nix-profile`` link of a user's
     profile, the packages; then ``apply()`` on the store under ``root``."""
@@ -200,8 +202,8 @@ def apply_options(root, state, path=None, paths=None, priorities=None, name='pro
                      check_mode=check_mode)
 
 
-def apply(profile, store, state, path=None, elements=None, keep=None, link=None, owner=None,
-          check_mode=False):
+def apply(profile: Profile, store: LocalStore, state: str, path: Optional[StorePath] = None, elements: Optional[Sequence[Any]] = None,
+          keep: Optional[int] = None, link: Optional[str] = None, owner: Optional[Tuple[int, int, str]] = None, check_mode: bool = False) -> Dict[str, Any]:
     """Make one change of ``profile`` and report it (a dict for the module to return).
 
     ``state`` is present (with ``path``, one StorePath, or ``elements``, Elements of an

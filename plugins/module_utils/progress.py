@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+from typing import Any, Dict, Optional
 
 WRITE_INTERVAL = 0.5    # seconds between two rewrites of the file
 
@@ -75,7 +76,7 @@ class Progress(object):
             pass    # progress is a courtesy: never fail a realisation over it
 
 
-def describe(state, previous=None):
+def describe(state: Dict[str, Any], previous: Optional[Dict[str, Any]] = None) -> str:
     """One line of progress from a state the file held; with ``previous`` (an earlier
     state), the rate since then."""
     mib = 1024.0 * 1024.0

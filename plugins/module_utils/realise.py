@@ -15,6 +15,7 @@ NarSize the signed narinfo declares.
 import concurrent.futures
 import os
 import time
+from typing import Any, Iterable, Optional, Sequence
 
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo, plan_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.compression import open_decompressed
@@ -64,7 +65,7 @@ class CountingReader(object):
         return data
 
 
-def compressed_limit(nar_size):
+def compressed_limit(nar_size: int) -> int:
     """The most a compressed NAR of ``nar_size`` bytes may take: the size itself, with
     room for the worst expansion of incompressible data and the framing of any method."""
     return nar_size + nar_size // 16 + 65536
@@ -376,8 +377,8 @@ class Realiser(object):
         return entries
 
 
-def realise_closure(root, requested, caches, trusted_keys, require_sigs=True, jobs=4,
-                    register=True, receipts=True, progress=None, check_mode=False):
+def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True, jobs: int = 4,
+                    register: bool = True, receipts: bool = True, progress: Optional[Progress] = None, check_mode: bool = False) -> Report:
     """Realise ``requested`` into the store under ``root`` (made if need be; not in check
     mode) and write their receipts; returns the Report."""
     store = LocalStore(root=root, create=not check_mode)

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from typing import Any, Dict, Iterable, List, Optional
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import file_errors
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
@@ -22,11 +23,11 @@ RECEIPTS_DIR = '/nix/var/nixcache/receipts'
 FORMAT = 1
 
 
-def receipt_path(root, store_path):
+def receipt_path(root: str, store_path: Any) -> str:
     return os.path.join(under_root(root, RECEIPTS_DIR), store_path.base + '.json')
 
 
-def build_receipt(store, requested, sources, previous=None):
+def build_receipt(store: Any, requested: Any, sources: Dict[str, str], previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The receipt of ``requested`` (a valid StorePath); ``sources`` maps path text to cache."""
     old_entries = dict((entry['path'], entry) for entry in (previous or {}).get('closure', []))
     entries = []
@@ -48,7 +49,7 @@ def build_receipt(store, requested, sources, previous=None):
                 written_at=(previous or {}).get('written_at') or _iso(time.time()))
 
 
-def write_receipts(store, requested_paths, sources, root='/', check_mode=False):
+def write_receipts(store: Any, requested_paths: Iterable[Any], sources: Dict[str, str], root: str = '/', check_mode: bool = False) -> List[str]:
     """Write (or leave) the receipt of every requested path; returns the changed files."""
     changed = []
     for requested in requested_paths:

@@ -8,20 +8,21 @@ import errno
 import grp
 import os
 import pwd
+from typing import Optional, Tuple
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import file_errors
 
 MAX_LINKS = 40  # symlinks followed in one path before giving up, as Linux does
 
 
-def under_root(root, path):
+def under_root(root: Optional[str], path: str) -> str:
     """Where the absolute ``path`` of the system under ``root`` lies on this host."""
     if not root or root == '/' or not os.path.isabs(path):
         return path
     return os.path.join(root, path.lstrip('/'))
 
 
-def replace_link(target, link, owner=None):
+def replace_link(target: str, link: str, owner: Optional[Tuple[int, int]] = None) -> None:
     """Point the symlink ``link`` (a host path) at ``target`` atomically: a temporary link
     beside it, owned by ``owner`` (uid, gid; -1 keeps one) when given, renamed over it, so
     that a reader sees the old link or the new one, never none."""
@@ -39,7 +40,7 @@ def replace_link(target, link, owner=None):
             raise
 
 
-def resolve(root, path):
+def resolve(root: Optional[str], path: str) -> str:
     """``path`` of the system under ``root`` with every symlink followed, as ``realpath``
     would resolve it there: absolute link targets stay inside the root.  Returns the path as
     seen from inside the root; components that do not exist are kept as they are."""
@@ -68,7 +69,7 @@ def resolve(root, path):
     return current
 
 
-def user_entry(root, name):
+def user_entry(root: Optional[str], name: str) -> Tuple[int, int, str]:
     """(uid, gid, home) of user ``name`` of the system under ``root``; KeyError if unknown."""
     if not root or root == '/':
         entry = pwd.getpwnam(name)
@@ -77,7 +78,7 @@ def user_entry(root, name):
     return int(fields[2]), int(fields[3]), fields[5]
 
 
-def group_id(root, name):
+def group_id(root: Optional[str], name: str) -> int:
     """The gid of group ``name`` of the system under ``root``; KeyError if unknown."""
     if not root or root == '/':
         return grp.getgrnam(name).gr_gid

@@ -20,6 +20,7 @@ the AWS error code.
 
 import threading
 import traceback
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable, MissingLibrary
@@ -201,6 +202,6 @@ def _transient_errors():
     return (exc.ConnectionError, exc.HTTPClientError, exc.IncompleteReadError)
 
 
-def s3_substituter(url, options=None, store_dir=STORE_DIR):
+def s3_substituter(url: str, options: Any = None, store_dir: str = STORE_DIR) -> S3Substituter:
     """The Substituter for an ``s3://`` cache URL."""
     return S3Substituter(url, options, store_dir)

@@ -18,6 +18,7 @@ import binascii
 
 from ansible_collections.nixcache.closure.plugins.module_utils import ed25519
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidKey, UntrustedPath
+from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
 
 try:
@@ -179,7 +180,7 @@ class TrustedKeys(object):
         return None
 
 
-def verify_narinfo(narinfo, trusted_keys, store_dir=STORE_DIR):
+def verify_narinfo(narinfo: NarInfo, trusted_keys: TrustedKeys, store_dir: str = STORE_DIR) -> str:
     """The name of the trusted key that signed ``narinfo``; UntrustedPath if there is none."""
     signer = trusted_keys.signer_of(narinfo.fingerprint(store_dir), narinfo.sigs)
     if signer is not None:

@@ -454,7 +454,7 @@ def _owner_alive(temp_name):
     return True
 
 
-def open_gc_lock(state_dir, operation):
+def open_gc_lock(state_dir: str, operation: int) -> int:
     """``STATE/gc.lock`` flocked as Nix 2.8 does: shared by anything that adds or reads paths,
     exclusive by a garbage collector.  Waits for the lock; returns the descriptor."""
     path = os.path.join(state_dir, 'gc.lock')

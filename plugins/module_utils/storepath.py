@@ -9,6 +9,7 @@ handing us a path that would land outside the store.
 
 import hashlib
 import re
+from typing import Callable, Iterable, List
 
 from ansible_collections.nixcache.closure.plugins.module_utils import nixbase32
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidStorePath
@@ -84,7 +85,7 @@ class StorePath(object):
         return hash(self.base)
 
 
-def references_first(paths, references_of):
+def references_first(paths: Iterable['StorePath'], references_of: Callable[['StorePath'], Iterable['StorePath']]) -> List['StorePath']:
     """``paths`` ordered so that each comes after those of its references that are in ``paths``.
 
     ``references_of(path)`` lists a path's references (self-references are ignored).
@@ -110,7 +111,7 @@ def references_first(paths, references_of):
     return ordered
 
 
-def make_fixed_output_path(name, nar_digest, references=(), store_dir=STORE_DIR):
+def make_fixed_output_path(name: str, nar_digest: bytes, references: Iterable['StorePath'] = (), store_dir: str = STORE_DIR) -> 'StorePath':
     """The store path Nix gives a content-addressed tree (``FileIngestionMethod::Recursive``
     and sha256, as ``nix profile`` adds its profiles): ``sha256`` of
     ``source:<reference>...:sha256:<base16 NAR hash>:<store dir>:<name>``, folded to 20 bytes
@@ -125,6 +126,6 @@ def make_fixed_output_path(name, nar_digest, references=(), store_dir=STORE_DIR)
     return StorePath(nixbase32.encode(bytes(folded)), name)
 
 
-def fixed_output_ca(nar_digest):
+def fixed_output_ca(nar_digest: bytes) -> str:
     """The ``ca`` field Nix records for such a path: ``fixed:r:sha256:<base32>``."""
     return 'fixed:r:sha256:' + nixbase32.encode(nar_digest)

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from http.client import HTTPException
+from typing import Any, Dict, Iterable, Optional, Set, Tuple
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse, urlunparse
 
@@ -559,7 +560,7 @@ def _socket_of(response):
     return getattr(raw, '_sock', None)
 
 
-def read_at_most(stream, limit):
+def read_at_most(stream: Any, limit: int) -> bytes:
     """Read ``stream`` to its end, but no more than ``limit + 1`` bytes."""
     parts, size = [], 0
     while size <= limit:
@@ -588,7 +589,7 @@ SCHEMES = {
 }
 
 
-def split_credentials(url):
+def split_credentials(url: str) -> Tuple[str, Optional[str], Optional[str]]:
     """(``url`` without ``user:password@``, user, password); user is None without any."""
     parsed = urlparse(url)
     userinfo, at, host = parsed.netloc.rpartition('@')
@@ -598,7 +599,7 @@ def split_credentials(url):
     return urlunparse(parsed._replace(netloc=host)), unquote(user), unquote(password)
 
 
-def redact_url(url):
+def redact_url(url: str) -> str:
     """``url`` with its password masked; a lone user part (often a token) is masked too."""
     parsed = urlparse(url)
     userinfo, at, host = parsed.netloc.rpartition('@')
@@ -609,7 +610,7 @@ def redact_url(url):
     return urlunparse(parsed._replace(netloc='%s@%s' % (shown, host)))
 
 
-def url_secrets(urls):
+def url_secrets(urls: Iterable[str]) -> Set[str]:
     """The passwords (and lone user parts) in cache URLs, for Ansible's no_log values."""
     secrets = set()
     for url in urls:
@@ -621,7 +622,7 @@ def url_secrets(urls):
     return secrets
 
 
-def parse_cache_info(text):
+def parse_cache_info(text: str) -> Dict[str, str]:
     """``Key: value`` lines of a nix-cache-info file as a dict."""
     info = {}
     for line in text.splitlines():

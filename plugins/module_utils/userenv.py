@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import stat
+from typing import Dict, Iterable, List, Optional
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidStorePath, StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
@@ -98,7 +99,7 @@ class Environment(object):
                              fixed_output_ca(digest))
 
 
-def elements_from(paths, priorities=None, store_dir=STORE_DIR):
+def elements_from(paths: Iterable[str], priorities: Optional[Dict[str, int]] = None, store_dir: str = STORE_DIR) -> List['Element']:
     """Elements from store paths as text (duplicates dropped, order kept) and priorities as
     ``{store path: number}``; a priority for a path that is not listed is refused."""
     store_paths = []
@@ -123,14 +124,14 @@ def elements_from(paths, priorities=None, store_dir=STORE_DIR):
             for store_path in store_paths]
 
 
-def manifest_text(elements, store_dir=STORE_DIR):
+def manifest_text(elements: Iterable['Element'], store_dir: str = STORE_DIR) -> str:
     """``manifest.json`` as Nix writes it: compact, keys sorted, elements in order."""
     document = dict(version=MANIFEST_VERSION,
                     elements=[element.to_json(store_dir) for element in elements])
     return json.dumps(document, sort_keys=True, separators=(',', ':'), ensure_ascii=False)
 
 
-def build_environment(elements, root='/', store_dir=STORE_DIR):
+def build_environment(elements: Iterable['Element'], root: str = '/', store_dir: str = STORE_DIR) -> 'Environment':
     """The Environment of ``elements`` (Elements whose paths are complete under ``root``).
 
     Raises ProfileConflict naming both files when two packages provide the same file with
@@ -169,7 +170,7 @@ def build_environment(elements, root='/', store_dir=STORE_DIR):
     return Environment(list(elements), b''.join(chunks), store_dir, builder.warnings, listing)
 
 
-def entries_of(environment, relative, root='/'):
+def entries_of(environment: 'Environment', relative: str, root: str = '/') -> Optional[List[str]]:
     """The names in ``relative`` (a path inside the environment, '' for its top) as the
     environment will show them once it is made, or None when it has no such directory."""
     node = environment.tree
@@ -190,7 +191,7 @@ def entries_of(environment, relative, root='/'):
         return None
 
 
-def read_manifest(root, target, store_dir=STORE_DIR):
+def read_manifest(root: str, target: Optional[str], store_dir: str = STORE_DIR) -> Optional[List['Element']]:
     """The Elements listed by ``TARGET/manifest.json`` under ``root``, or None when ``target``
     is not such an environment (a plain store path as ``nix-env --set`` makes)."""
     if not target:
