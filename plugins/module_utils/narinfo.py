@@ -13,6 +13,7 @@ cannot be a signature is dropped, as it could never verify.
 import base64
 import binascii
 import re
+from typing import Iterable, Optional
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidHash,
@@ -34,8 +35,9 @@ _SYSTEM = re.compile(r'^[A-Za-z0-9_.+-]{1,64}$')
 class NarInfo(object):
     """The fields of one narinfo; ``nar_hash`` is normalised to ``sha256:<base32>``."""
 
-    def __init__(self, store_path, url, nar_hash, nar_size, compression='bzip2', file_hash=None,
-                 file_size=None, references=(), deriver=None, system=None, sigs=(), ca=None):
+    def __init__(self, store_path: StorePath, url: str, nar_hash: str, nar_size: int, compression: str = 'bzip2', file_hash: Optional[str] = None,
+                 file_size: Optional[int] = None, references: Iterable[StorePath] = (), deriver: Optional[str] = None, system: Optional[str] = None,
+                 sigs: Iterable[str] = (), ca: Optional[str] = None) -> None:
         self.store_path = store_path
         self.url = url
         self.nar_digest = parse_hash(nar_hash)
@@ -51,7 +53,7 @@ class NarInfo(object):
         self.ca = ca
 
     @classmethod
-    def parse(cls, text, store_dir=STORE_DIR, source=None):
+    def parse(cls, text: str, store_dir: str = STORE_DIR, source: Optional[str] = None) -> 'NarInfo':
         fields, sigs = {}, []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -94,7 +96,7 @@ class NarInfo(object):
         except (InvalidStorePath, InvalidHash) as error:
             raise InvalidNarInfo('invalid narinfo: %s' % error, path=path_text, cache=source) from error
 
-    def to_text(self, store_dir=STORE_DIR):
+    def to_text(self, store_dir: str = STORE_DIR) -> str:
         lines = [('StorePath', self.store_path.path(store_dir)), ('URL', self.url),
                  ('Compression', self.compression)]
         if self.file_hash:
@@ -112,7 +114,7 @@ class NarInfo(object):
             lines.append(('CA', self.ca))
         return ''.join('%s: %s\n' % line for line in lines)
 
-    def fingerprint(self, store_dir=STORE_DIR):
+    def fingerprint(self, store_dir: str = STORE_DIR) -> bytes:
         """What a cache signs: ``1;<path>;<sha256:base32>;<size>;<sorted references>``."""
         references = ','.join(sorted(ref.path(store_dir) for ref in self.references))
         return ('1;%s;%s;%d;%s' % (self.store_path.path(store_dir), self.nar_hash,

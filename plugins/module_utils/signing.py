@@ -15,6 +15,7 @@ can verify too.  ``BACKENDS`` lists those available; the first one is used.
 
 import base64
 import binascii
+from typing import Any, Iterable, List, Optional
 
 from ansible_collections.nixcache.closure.plugins.module_utils import ed25519
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidKey, UntrustedPath
@@ -101,16 +102,16 @@ def _split(text, size, what):
 
 
 class PublicKey(object):
-    def __init__(self, name, key):
+    def __init__(self, name: str, key: bytes) -> None:
         self.name = name
         self.key = key
 
     @classmethod
-    def parse(cls, text):
+    def parse(cls, text: str) -> 'PublicKey':
         return cls(*_split(text.strip() if isinstance(text, str) else text,
                            PUBLIC_KEY_SIZE, 'public key'))
 
-    def verify(self, message, signature, backend=None):
+    def verify(self, message: bytes, signature: bytes, backend: Any = None) -> bool:
         return (backend or BACKEND).verify(self.key, signature, message)
 
     def __str__(self):
@@ -124,12 +125,12 @@ class PublicKey(object):
 
 
 class SecretKey(object):
-    def __init__(self, name, seed):
+    def __init__(self, name: str, seed: bytes) -> None:
         self.name = name
         self.seed = seed
 
     @classmethod
-    def parse(cls, text):
+    def parse(cls, text: str) -> 'SecretKey':
         name, data = _split(text.strip() if isinstance(text, str) else text,
                             SECRET_KEY_SIZE, 'secret key')
         key = cls(name, data[:32])
@@ -137,10 +138,10 @@ class SecretKey(object):
             raise InvalidKey('secret key "%s" does not match its public half' % name)
         return key
 
-    def public_key(self):
+    def public_key(self) -> PublicKey:
         return PublicKey(self.name, ed25519.public_key_of(self.seed))
 
-    def sign(self, message, backend=None):
+    def sign(self, message: bytes, backend: Any = None) -> str:
         """A ``Sig`` value: ``<name>:<base64 signature>``."""
         signature = (backend or BACKEND).sign(self.seed, message)
         return '%s:%s' % (self.name, base64.b64encode(signature).decode('ascii'))
@@ -149,11 +150,11 @@ class SecretKey(object):
 class TrustedKeys(object):
     """The public keys a user trusts, parsed up front so that a bad one is named at once."""
 
-    def __init__(self, texts=()):
+    def __init__(self, texts: Iterable[str] = ()) -> None:
         self.keys = [PublicKey.parse(text) for text in texts]
 
     @property
-    def names(self):
+    def names(self) -> List[str]:
         return [key.name for key in self.keys]
 
     def __len__(self):
@@ -162,7 +163,7 @@ class TrustedKeys(object):
     def __iter__(self):
         return iter(self.keys)
 
-    def signer_of(self, message, sigs, backend=None):
+    def signer_of(self, message: bytes, sigs: Iterable[str], backend: Any = None) -> Optional[str]:
         """The name of the first trusted key with a valid signature among ``sigs``, or None."""
         for sig in sigs:
             name, sep, encoded = sig.partition(':')

@@ -26,7 +26,7 @@ class StorePath(object):
 
     __slots__ = ('hash_part', 'name')
 
-    def __init__(self, hash_part, name):
+    def __init__(self, hash_part: str, name: str) -> None:
         if not _HASH.match(hash_part):
             raise InvalidStorePath('the hash part must be %d characters of Nix base32' % HASH_LENGTH,
                                    found=hash_part)
@@ -37,14 +37,14 @@ class StorePath(object):
         self.name = name
 
     @classmethod
-    def from_base(cls, base):
+    def from_base(cls, base: str) -> 'StorePath':
         """From ``<hash>-<name>`` (as narinfo References list them)."""
         if not isinstance(base, str) or len(base) < HASH_LENGTH + 2 or base[HASH_LENGTH] != '-':
             raise InvalidStorePath('not a store path base name "<hash>-<name>"', found=repr(base))
         return cls(base[:HASH_LENGTH], base[HASH_LENGTH + 1:])
 
     @classmethod
-    def parse(cls, text, store_dir=STORE_DIR):
+    def parse(cls, text: str, store_dir: str = STORE_DIR) -> 'StorePath':
         """From a full path directly under ``store_dir``; nothing else is accepted."""
         prefix = store_dir.rstrip('/') + '/'
         if not isinstance(text, str) or not text.startswith(prefix):
@@ -60,10 +60,10 @@ class StorePath(object):
             raise
 
     @property
-    def base(self):
+    def base(self) -> str:
         return '%s-%s' % (self.hash_part, self.name)
 
-    def path(self, store_dir=STORE_DIR):
+    def path(self, store_dir: str = STORE_DIR) -> str:
         return '%s/%s' % (store_dir.rstrip('/'), self.base)
 
     def __str__(self):
