@@ -26,7 +26,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidStorePath,
@@ -172,7 +172,7 @@ class Roots(object):
     hold as temporary roots (valid or not yet); ``stale_links`` the dead ``gcroots/auto``
     links."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.paths = {}
         self.temp_hashes = set()
         self.stale_links = []
@@ -335,7 +335,7 @@ class Collector(object):
     """Hold the collector's side of Nix's protocol while working on ``store`` (opened with
     ``hold_gc_lock=False``): ``gc.lock`` exclusively, and the roots socket."""
 
-    def __init__(self, store):
+    def __init__(self, store: LocalStore) -> None:
         self.store = store
         self._lock_fd = None
         self._server = None
@@ -359,14 +359,14 @@ class Collector(object):
             self._server.stop()
         os.close(self._lock_fd)
 
-    def keep(self, hash_part):
+    def keep(self, hash_part: str) -> None:
         """A root sent through the socket: keep it, and wait while it is being deleted."""
         with self._condition:
             self.late_roots.add(hash_part)
             while hash_part in self._pending:
                 self._condition.wait()
 
-    def plan(self, roots):
+    def plan(self, roots: Roots) -> 'Plan':
         """What is dead, given ``roots`` (from ``find_roots``): a Plan."""
         graph = self.store.graph()
         alive = set()
@@ -398,7 +398,7 @@ class Collector(object):
                      for name in dead)
         return Plan(alive, dead, sizes, graph)
 
-    def delete(self, plan, max_freed=None):
+    def delete(self, plan: 'Plan', max_freed: Optional[int] = None) -> Tuple[List[str], int]:
         """Delete what ``plan`` found dead; returns ``(deleted entry names, bytes freed)``.
 
         Paths sent to the socket since the plan are kept with their closure; a client that
@@ -434,13 +434,13 @@ class Plan(object):
     """``alive`` valid paths; ``dead`` entry names in deletion order (valid paths referrers
     first, then the rest); ``sizes`` what deleting each frees; ``graph`` from the store."""
 
-    def __init__(self, alive, dead, sizes, graph):
+    def __init__(self, alive: Set[StorePath], dead: List[str], sizes: Dict[str, int], graph: Dict[StorePath, Any]) -> None:
         self.alive = alive
         self.dead = dead
         self.sizes = sizes
         self.graph = graph
 
-    def select(self, max_freed=None, skip=None):
+    def select(self, max_freed: Optional[int] = None, skip: Optional[Callable[[str], bool]] = None) -> Tuple[List[str], int]:
         """(names, bytes) deleted in order until more than ``max_freed`` is freed."""
         chosen, freed = [], 0
         for name in self.dead:
@@ -453,12 +453,12 @@ class Plan(object):
         return chosen, freed
 
     @property
-    def dead_valid(self):
+    def dead_valid(self) -> List[StorePath]:
         names = set(self.dead)
         return _referrers_first([p for p in self.graph if p.base in names], self.graph)
 
     @property
-    def dead_bytes(self):
+    def dead_bytes(self) -> int:
         return sum(self.sizes.values())
 
 

@@ -40,7 +40,7 @@ NAME_RE = re.compile(r'\A[A-Za-z0-9+._?=-]+\Z')
 class Profile(object):
     """The profile at ``path`` (a path on the host, e.g. /nix/var/nix/profiles/default)."""
 
-    def __init__(self, path, root='/', store_dir=STORE_DIR):
+    def __init__(self, path: str, root: str = '/', store_dir: str = STORE_DIR) -> None:
         if not os.path.isabs(path) or '\0' in path:
             raise StoreError('a profile must be an absolute path', found=path)
         self.path = os.path.normpath(path)
@@ -54,10 +54,10 @@ class Profile(object):
         self.real_directory = os.path.dirname(self.real_path)
         self._generation_re = re.compile(r'\A%s-(\d+)-link\Z' % re.escape(self.name))
 
-    def generation_link(self, number):
+    def generation_link(self, number: int) -> str:
         return '%s-%d-link' % (self.name, number)
 
-    def generations(self):
+    def generations(self) -> Dict[int, str]:
         """{number: store path text} of every generation, read from the links."""
         found = {}
         try:
@@ -70,7 +70,7 @@ class Profile(object):
                 found[int(match.group(1))] = os.readlink(os.path.join(self.real_directory, name))
         return found
 
-    def current(self):
+    def current(self) -> Optional[int]:
         """The number of the current generation, or None when the profile does not exist."""
         try:
             target = os.readlink(self.real_path)
@@ -82,11 +82,11 @@ class Profile(object):
                              'refusing to touch it', path=self.path, found=target)
         return int(match.group(1))
 
-    def current_target(self):
+    def current_target(self) -> Optional[str]:
         number = self.current()
         return None if number is None else self.generations().get(number)
 
-    def switch_to(self, store_path, keep=None):
+    def switch_to(self, store_path: StorePath, keep: Optional[int] = None) -> int:
         """Make ``store_path`` current (a new generation unless it already is); returns the
         generation number.  ``keep`` old generations are kept (None: all of them)."""
         target = store_path.path(self.store_dir)
@@ -102,7 +102,7 @@ class Profile(object):
             self.delete_old(keep)
         return number
 
-    def previous_generation(self):
+    def previous_generation(self) -> int:
         """The newest generation older than the current one (what a rollback switches to)."""
         current = self.current()
         if current is None:
@@ -113,13 +113,13 @@ class Profile(object):
                              % current, path=self.path)
         return max(older)
 
-    def rollback(self):
+    def rollback(self) -> int:
         """Switch to the previous generation; its number."""
         number = self.previous_generation()
         replace_link(self.generation_link(number), self.real_path)
         return number
 
-    def delete_old(self, keep):
+    def delete_old(self, keep: int) -> List[int]:
         """Delete generations older than the current one except the ``keep`` newest."""
         current = self.current()
         older = sorted((n for n in self.generations() if current is None or n < current),
@@ -129,7 +129,7 @@ class Profile(object):
             os.unlink(os.path.join(self.real_directory, self.generation_link(number)))
         return deleted
 
-    def remove(self):
+    def remove(self) -> None:
         """Remove the profile link, every generation and their indirect roots."""
         for number in self.generations():
             os.unlink(os.path.join(self.real_directory, self.generation_link(number)))
@@ -139,7 +139,7 @@ class Profile(object):
         if os.path.lexists(self.real_path):
             os.unlink(self.real_path)
 
-    def ensure_gc_root(self):
+    def ensure_gc_root(self) -> None:
         """Make the profile's generations garbage-collector roots, as Nix does."""
         if self.path == PROFILES_DIR or self.path.startswith(PROFILES_DIR + '/'):
             link = under_root(self.root, GCROOTS_DIR + '/profiles')

@@ -21,30 +21,30 @@ WRITE_INTERVAL = 0.5    # seconds between two rewrites of the file
 class Progress(object):
     """Counts paths and bytes as they are fetched; ``path`` None counts without writing."""
 
-    def __init__(self, path=None):
+    def __init__(self, path: Optional[str] = None) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._state = dict(paths_done=0, paths_total=0, bytes_done=0, bytes_total=0,
                            started=time.time(), done=[])
         self._written = 0.0
 
-    def start(self, paths_total, bytes_total):
+    def start(self, paths_total: int, bytes_total: int) -> None:
         with self._lock:
             self._state.update(paths_total=paths_total, bytes_total=bytes_total)
         self._write(force=True)
 
-    def add_bytes(self, count):
+    def add_bytes(self, count: int) -> None:
         with self._lock:
             self._state['bytes_done'] += count
         self._write()
 
-    def path_done(self, store_path, download_bytes):
+    def path_done(self, store_path: str, download_bytes: int) -> None:
         with self._lock:
             self._state['paths_done'] += 1
             self._state['done'].append(dict(path=store_path, download_bytes=download_bytes))
         self._write(force=True)
 
-    def remove(self):
+    def remove(self) -> None:
         if self.path:
             try:
                 os.unlink(self.path)

@@ -15,9 +15,9 @@ NarSize the signed narinfo declares.
 import concurrent.futures
 import os
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
-from ansible_collections.nixcache.closure.plugins.module_utils.closure import find_narinfo, plan_closure
+from ansible_collections.nixcache.closure.plugins.module_utils.closure import Plan, find_narinfo, plan_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.compression import open_decompressed
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
@@ -76,7 +76,8 @@ class Report(object):
     one entry a path of the closure, the receipts written.  ``changed`` and the lists
     of a check-mode report are those the real run reports."""
 
-    def __init__(self, plan, fetched, downloaded, closure, check_mode, seconds):
+    def __init__(self, plan: Plan, fetched: List[Any], downloaded: Dict[Any, int], closure: List[Dict[str, Any]], check_mode: bool,
+                 seconds: float) -> None:
         self.plan = plan
         self.fetched = fetched            # PlannedPaths installed by this run
         self.downloaded = downloaded      # StorePath -> bytes downloaded
@@ -87,31 +88,31 @@ class Report(object):
         self.store_created = False
 
     @property
-    def changed(self):
+    def changed(self) -> bool:
         fetching = self.plan.to_fetch if self.check_mode else self.fetched
         return bool(fetching or self.receipts or self.store_created)
 
     @property
-    def download_bytes(self):
+    def download_bytes(self) -> int:
         if self.check_mode:
             return self.plan.download_bytes
         return sum(self.downloaded.values())
 
     @property
-    def unpacked_bytes(self):
+    def unpacked_bytes(self) -> int:
         if self.check_mode:
             return self.plan.unpacked_bytes
         return sum(item.narinfo.nar_size for item in self.fetched)
 
-    def sources(self):
+    def sources(self) -> Dict[str, str]:
         """Path text -> the cache each fetched path came from (for the receipts)."""
         return dict((str(item.store_path), item.cache.url) for item in self.fetched)
 
-    def added(self):
+    def added(self) -> List[Dict[str, Any]]:
         """The entries of paths added to the store (or that would be)."""
         return [entry for entry in self.closure if entry['state'] in ('fetched', 'would fetch')]
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, Any]:
         return dict(
             changed=self.changed,
             requested=[str(path) for path in self.plan.requested],
@@ -130,8 +131,8 @@ class Report(object):
 class Realiser(object):
     """Puts the closure of some store paths into a LocalStore from a list of caches."""
 
-    def __init__(self, store, caches, trusted_keys, require_sigs=True, jobs=4, register=True,
-                 progress=None):
+    def __init__(self, store: LocalStore, caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True, jobs: int = 4, register: bool = True,
+                 progress: Optional[Progress] = None) -> None:
         self.store = store
         self.progress = progress or Progress()
         self.caches = caches
@@ -140,17 +141,17 @@ class Realiser(object):
         self.jobs = max(1, jobs)
         self.register = register
 
-    def present(self, paths):
+    def present(self, paths: Iterable[Any]) -> Set[Any]:
         """Paths that need no fetching: valid in the database (or on disk, unregistered mode)."""
         if self.register:
             return self.store.valid_subset(paths)
         return set(path for path in paths if self.store.exists(path))
 
-    def plan(self, requested):
+    def plan(self, requested: Iterable[Any]) -> Plan:
         return plan_closure(requested, self.caches, self.trusted_keys, present=self.present,
                             require_sigs=self.require_sigs, jobs=max(self.jobs, 8))
 
-    def check_space(self, plan):
+    def check_space(self, plan: Plan) -> None:
         free = self.store.free_bytes()
         if plan.unpacked_bytes > free:
             raise InsufficientSpace(
@@ -159,7 +160,7 @@ class Realiser(object):
                 expected='%d bytes (%.1f MiB) unpacked' % (plan.unpacked_bytes, plan.unpacked_bytes / MIB),
                 found='%d bytes (%.1f MiB) free' % (free, free / MIB))
 
-    def realise(self, requested, check_mode=False, receipts_root=None):
+    def realise(self, requested: Iterable[Any], check_mode: bool = False, receipts_root: Optional[str] = None) -> Report:
         """Realise ``requested`` (StorePaths); returns a Report.
 
         With ``receipts_root``, the receipt of every requested path is written (or, in

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import HashMismatch, StoreError, file_errors
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
@@ -86,7 +87,7 @@ class LocalStore(object):
     holds ``gc.lock`` exclusively itself.
     """
 
-    def __init__(self, root='/', store_dir=STORE_DIR, create=True, hold_gc_lock=True):
+    def __init__(self, root: str = '/', store_dir: str = STORE_DIR, create: bool = True, hold_gc_lock: bool = True) -> None:
         if not os.path.isabs(root):
             raise StoreError('the store root must be an absolute path', found=root)
         self.root = root
@@ -112,7 +113,7 @@ class LocalStore(object):
     def __exit__(self, *exc_info):
         self.close()
 
-    def open(self):
+    def open(self) -> None:
         if self.create:
             with file_errors('cannot prepare the store', self.root):
                 self._create_layout()
@@ -155,7 +156,7 @@ class LocalStore(object):
             finally:
                 fcntl.flock(self._big_lock, fcntl.LOCK_SH)
 
-    def close(self):
+    def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -187,13 +188,13 @@ class LocalStore(object):
 
     # paths on disk
 
-    def real_path(self, store_path):
+    def real_path(self, store_path: StorePath) -> str:
         return os.path.join(self.real_store_dir, store_path.base)
 
-    def exists(self, store_path):
+    def exists(self, store_path: StorePath) -> bool:
         return os.path.lexists(self.real_path(store_path))
 
-    def free_bytes(self):
+    def free_bytes(self) -> int:
         """Bytes available to us on the file system that holds (or will hold) the store."""
         directory = self.real_store_dir
         while not os.path.exists(directory):
@@ -202,13 +203,13 @@ class LocalStore(object):
             stats = os.statvfs(directory)
         return stats.f_bavail * stats.f_frsize
 
-    def temp_dir_for(self, store_path):
+    def temp_dir_for(self, store_path: StorePath) -> str:
         """A fresh name beside the final one; never a valid store path name.  It carries
         our process id, so that other runs leave it alone while we are alive."""
         return os.path.join(self.real_store_dir, '%s%d-%s-%s' % (
             TEMP_PREFIX, os.getpid(), uuid.uuid4().hex[:12], store_path.base))
 
-    def commit(self, temp_dir, store_path):
+    def commit(self, temp_dir: str, store_path: StorePath) -> None:
         """Move a complete, verified tree into place."""
         final = self.real_path(store_path)
         if os.path.lexists(final):
@@ -216,7 +217,7 @@ class LocalStore(object):
         with file_errors('cannot move the unpacked path into place', final):
             os.rename(temp_dir, final)
 
-    def discard(self, path):
+    def discard(self, path: str) -> None:
         """Delete a tree inside the store, even a read-only one; refuse anything else."""
         inside = os.path.realpath(os.path.dirname(path)) == os.path.realpath(self.real_store_dir)
         if not inside or os.path.basename(path) in ('', '.', '..'):
@@ -225,7 +226,7 @@ class LocalStore(object):
         with file_errors('cannot delete', path):
             remove_tree(path)
 
-    def remove_invalid(self, store_path):
+    def remove_invalid(self, store_path: StorePath) -> None:
         """Delete what lies at an unregistered path, and temporary copies of it left by
         runs that are gone (a crash).  Call with the path's lock held."""
         if os.path.lexists(self.real_path(store_path)) and not self.is_valid(store_path):
@@ -237,7 +238,7 @@ class LocalStore(object):
             if name.startswith(TEMP_PREFIX) and name.endswith(suffix) and not _owner_alive(name):
                 self.discard(os.path.join(self.real_store_dir, name))
 
-    def lock_path(self, store_path):
+    def lock_path(self, store_path: StorePath) -> '_PathLock':
         """Nix's per-path lock: an exclusive flock on ``<path>.lock``."""
         return _PathLock(self.real_path(store_path) + '.lock')
 
@@ -252,10 +253,10 @@ class LocalStore(object):
             except sqlite3.Error as error:
                 raise StoreError('reading the Nix database failed: %s' % error, path=self.db_path) from error
 
-    def is_valid(self, store_path):
+    def is_valid(self, store_path: StorePath) -> bool:
         return store_path in self.valid_subset([store_path])
 
-    def valid_subset(self, store_paths):
+    def valid_subset(self, store_paths: Iterable[StorePath]) -> Set[StorePath]:
         """The given paths that are registered valid (one query per 500 paths)."""
         by_text = dict((store_path.path(self.store_dir), store_path) for store_path in store_paths)
         texts = list(by_text)
@@ -267,7 +268,7 @@ class LocalStore(object):
             valid.update(by_text[row[0]] for row in rows)
         return valid
 
-    def path_info(self, store_path):
+    def path_info(self, store_path: StorePath) -> Optional[Dict[str, Any]]:
         """What the database says of a valid path, or None."""
         rows = self._query('select id, hash, registrationTime, deriver, narSize, sigs, ca '
                            'from ValidPaths where path = ?', (store_path.path(self.store_dir),))
@@ -286,7 +287,7 @@ class LocalStore(object):
             registration_time=registered,
         )
 
-    def closure(self, store_paths):
+    def closure(self, store_paths: Iterable[StorePath]) -> Set[StorePath]:
         """The valid closure of valid ``store_paths`` through the Refs table."""
         texts = [store_path.path(self.store_dir) for store_path in store_paths]
         if not texts:
@@ -299,7 +300,7 @@ class LocalStore(object):
             texts)
         return set(StorePath.parse(row[0], self.store_dir) for row in rows)
 
-    def graph(self):
+    def graph(self) -> Dict[StorePath, Tuple[int, int, Optional[str], List[StorePath]]]:
         """Every valid path with its NarSize, registration time, deriver and references:
         ``{StorePath: (nar_size, registration_time, deriver text or None, [StorePath])}``."""
         rows = self._query('select id, path, narSize, registrationTime, deriver from ValidPaths')
@@ -310,7 +311,7 @@ class LocalStore(object):
         return dict((by_id[row[0]], (row[2], row[3], row[4], references[by_id[row[0]]]))
                     for row in rows)
 
-    def invalidate(self, store_paths):
+    def invalidate(self, store_paths: Iterable[StorePath]) -> None:
         """Remove paths from the database in one transaction; ``store_paths`` must come
         referrers first, and every valid referrer of each must be among them."""
         if self._db is None or not store_paths:
@@ -326,7 +327,7 @@ class LocalStore(object):
                 raise StoreError('removing paths from the Nix database failed: %s' % error,
                                  path=self.db_path) from error
 
-    def add_nar(self, info, data):
+    def add_nar(self, info: Any, data: bytes) -> bool:
         """Add a path made here (not fetched) from its NAR ``data`` and register it, under
         its lock; False when it was valid already.  ``info`` as for ``register``."""
         if self._db is None:
@@ -351,7 +352,7 @@ class LocalStore(object):
             self.register([info])
         return True
 
-    def register(self, infos):
+    def register(self, infos: Iterable[Any]) -> None:
         """Make complete paths valid: one transaction, references first.
 
         ``infos`` have ``store_path``, ``nar_hash``, ``nar_size``, ``references``,
