@@ -20,12 +20,12 @@ the AWS error code.
 
 import threading
 import traceback
-from typing import Any
+from typing import Any, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import CacheUnavailable, MissingLibrary
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
-from ansible_collections.nixcache.closure.plugins.module_utils.substituters import Substituter, read_at_most
+from ansible_collections.nixcache.closure.plugins.module_utils.substituters import CacheOptions, Substituter, read_at_most
 
 try:
     import boto3
@@ -55,7 +55,7 @@ class S3TransientError(ConnectionError):
 class S3Substituter(Substituter):
     """A cache in an S3 bucket (or any S3-compatible service), read with boto3."""
 
-    def __init__(self, url, options=None, store_dir=STORE_DIR):
+    def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         super(S3Substituter, self).__init__(url, options, store_dir)
         parsed = urlparse(self.url)
         self.bucket = unquote(parsed.netloc)
@@ -164,7 +164,7 @@ class S3Substituter(Substituter):
     def _open(self, relative_url):
         return self.open_at(relative_url, 0)[0]
 
-    def open_at(self, relative_url, offset, seconds=None):
+    def open_at(self, relative_url: str, offset: int, seconds: Optional[float] = None) -> Tuple[Any, int]:
         try:
             response = self._get(relative_url, offset)
         except _Missing as missing:

@@ -73,7 +73,8 @@ class CacheOptions(object):
     bring ``LOW_SPEED`` bytes a second.
     """
 
-    def __init__(self, timeout=30, retries=3, validate_certs=True, backoff=0.5, http=None, aws=None):
+    def __init__(self, timeout: float = 30, retries: int = 3, validate_certs: bool = True, backoff: float = 0.5, http: Optional[Dict[str, Any]] = None,
+                 aws: Optional[Dict[str, Any]] = None) -> None:
         self.timeout = timeout
         self.retries = retries
         self.validate_certs = validate_certs
@@ -88,7 +89,7 @@ class CacheOptions(object):
 class Substituter(object):
     """A binary cache.  Subclasses implement ``_read`` and ``_open``."""
 
-    def __init__(self, url, options=None, store_dir=STORE_DIR):
+    def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         # what results, receipts and messages show: never the password
         self.url = redact_url(url.rstrip('/'))
         self.options = options or CacheOptions()
@@ -100,14 +101,14 @@ class Substituter(object):
     def __repr__(self):
         return '<%s %s>' % (type(self).__name__, self.url)
 
-    def narinfo(self, store_path):
+    def narinfo(self, store_path: Any) -> Optional[NarInfo]:
         """The verified-format NarInfo for a StorePath, or None if the cache lacks it."""
         text = self._read_text('%s.narinfo' % store_path.hash_part, store_path)
         if text is None:
             return None
         return NarInfo.parse(text, store_dir=self.store_dir, source=self.url)
 
-    def open_nar(self, relative_url, store_path=None, nar_size=None):
+    def open_nar(self, relative_url: str, store_path: Any = None, nar_size: Optional[int] = None) -> 'ResumingStream':
         """A readable stream of the file a narinfo's URL names (still compressed).
 
         A connection that breaks off mid-file, or an attempt that outlasts its deadline
@@ -116,24 +117,24 @@ class Substituter(object):
         """
         return ResumingStream(self, relative_url, store_path, nar_size)
 
-    def open_at(self, relative_url, offset, seconds=None):
+    def open_at(self, relative_url: str, offset: int, seconds: Optional[float] = None) -> Tuple[Any, int]:
         """(stream, position): the file from ``offset`` when the cache can, else from 0.
 
         ``seconds`` bounds the whole attempt, where the transport allows (HTTP)."""
         return self._open(relative_url), 0
 
-    def cache_info(self):
+    def cache_info(self) -> Dict[str, str]:
         """The parsed ``nix-cache-info`` (``{}`` when the cache has none), fetched once."""
         if self._info is None:
             text = self._read_text('nix-cache-info', None)
             self._info = parse_cache_info(text or '')
         return self._info
 
-    def read_text(self, relative_url):
+    def read_text(self, relative_url: str) -> Optional[str]:
         """Any text file of the cache (``relative_url`` below its URL), or None if missing."""
         return self._read_text(relative_url, None)
 
-    def priority(self):
+    def priority(self) -> int:
         try:
             return int(self.cache_info().get('Priority', DEFAULT_PRIORITY))
         except ValueError:
@@ -190,7 +191,7 @@ class Substituter(object):
 class FileSubstituter(Substituter):
     """A cache in a local directory (``file:///var/cache/nix``)."""
 
-    def __init__(self, url, options=None, store_dir=STORE_DIR):
+    def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         super(FileSubstituter, self).__init__(url, options, store_dir)
         self.directory = unquote(urlparse(self.url).path) or '/'
 
@@ -207,7 +208,7 @@ class FileSubstituter(Substituter):
                 return None
             raise
 
-    def open_at(self, relative_url, offset, seconds=None):
+    def open_at(self, relative_url: str, offset: int, seconds: Optional[float] = None) -> Tuple[Any, int]:
         stream = self._open(relative_url)
         stream.seek(offset)
         return stream, offset
@@ -231,7 +232,7 @@ class HttpSubstituter(Substituter):
     certificate, which costs more than a small narinfo.
     """
 
-    def __init__(self, url, options=None, store_dir=STORE_DIR):
+    def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         super(HttpSubstituter, self).__init__(url, options, store_dir)
         self._context = None
         self._address, user, password = split_credentials(url.rstrip('/'))
@@ -323,7 +324,7 @@ class HttpSubstituter(Substituter):
                                        % (relative_url, error.code), cache=self.url) from error
             raise
 
-    def open_at(self, relative_url, offset, seconds=None):
+    def open_at(self, relative_url: str, offset: int, seconds: Optional[float] = None) -> Tuple[Any, int]:
         timeout = self.options.timeout
         deadline = Deadline(max(seconds or timeout, timeout), window=timeout,
                             window_bytes=timeout * LOW_SPEED)
