@@ -12,7 +12,6 @@ are retried with exponential back-off and jitter.
 
 import errno
 import netrc
-import inspect
 import os
 import random
 import socket
@@ -20,34 +19,21 @@ import threading
 import time
 from http.client import HTTPException
 from typing import Any, Dict, Iterable, Optional, Set, Tuple
-from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse, urlunparse
-
-from ansible.module_utils.urls import Request
-
-try:  # ansible-core 2.14 and later: one TLS context for every request to a cache
-    from ansible.module_utils.urls import make_context
-except ImportError:  # pragma: no cover - older ansible-core builds a context per request
-    make_context = None
 
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
     NixCacheError,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils.httpclient import (
+    HttpClient,
+    HttpStatusError,
+    basic_auth,
+    is_certificate_error,
+)
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
 
-
-def _request_takes_context():
-    """Whether ``Request.open`` accepts a ready TLS context (ansible-core 2.16 and later;
-    2.15 has ``make_context`` but builds a context per request from ``ca_path`` & co)."""
-    try:
-        return make_context is not None and 'context' in inspect.signature(Request.open).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-SHARED_TLS_CONTEXT = _request_takes_context()
 
 # HTTP statuses that mean "this cache does not have that file".  S3 answers 403 to
 # anonymous readers of a missing key, and Nix treats both the same way.
@@ -163,7 +149,8 @@ class Substituter(object):
                 error.cache = error.cache or self.url
                 raise
             except Exception as error:  # network errors come in many types
-                if not _is_transient(error) or attempt >= self.options.retries:
+                if (not _is_transient(error) or attempt >= self.options.retries
+                        or is_certificate_error(error)):   # retrying cannot help
                     reason = _describe(error)
                     if _is_transient(error):
                         self.unavailable = reason
@@ -224,39 +211,41 @@ class FileSubstituter(Substituter):
 
 
 class HttpSubstituter(Substituter):
-    """A cache served over HTTP(S), read through ansible-core's URL handling.
+    """A cache served over HTTP(S), over kept-alive connections (see httpclient).
 
     Credentials, in this order: ``url_username``/``url_password`` (basic auth), a bearer
-    token, the cache host's entry in ``netrc_file``.  The TLS context (CA bundle, client
-    certificate) is built once per cache: building it per request reloads every CA
-    certificate, which costs more than a small narinfo.
+    token, the cache host's entry in ``netrc_file``.  They are sent to the cache's own
+    origin only.
     """
 
     def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         super(HttpSubstituter, self).__init__(url, options, store_dir)
-        self._context = None
         self._address, user, password = split_credentials(url.rstrip('/'))
-        self._request_args, self.credentials = self._authentication(user, password)
+        self._auth_headers, self.credentials = self._authentication(user, password)
+        http = self.options.http
+        self._client = HttpClient(validate_certs=self.options.validate_certs,
+                                  ca_path=http.get('ca_path'), client_cert=http.get('client_cert'),
+                                  client_key=http.get('client_key'),
+                                  use_proxy=http.get('use_proxy', True))
 
     def _authentication(self, url_user=None, url_password=None):
-        """(keyword arguments for Request.open, a description of the credentials: no secrets).
+        """(headers that authenticate us, a description of the credentials: no secrets).
 
         ``user:password@`` in the cache URL counts as url_username/url_password unless
         those options are set."""
-        http = dict(self.options.http)
-        if url_user is not None and not http.get('url_username') and not http.get('bearer_token'):
-            http.update(url_username=url_user, url_password=url_password or '')
-        netrc_file = http.pop('netrc_file', None)
-        token = http.pop('bearer_token', None)
-        if SHARED_TLS_CONTEXT:
-            for tls_option in ('ca_path', 'client_cert', 'client_key'):  # in the TLS context
-                http.pop(tls_option, None)
-        if http.get('url_username'):
-            http['force_basic_auth'] = True
-            return http, 'basic auth as user %s' % http['url_username']
+        http = self.options.http
+        user, password = http.get('url_username'), http.get('url_password')
+        token = http.get('bearer_token')
+        if url_user is not None and not user and not token:
+            user, password = url_user, url_password
+        headers = dict(http.get('headers') or {})
+        if user:
+            headers['Authorization'] = basic_auth(user, password or '')
+            return headers, 'basic auth as user %s' % user
         if token:
-            http['headers'] = dict(http.get('headers') or {}, Authorization='Bearer %s' % token)
-            return http, 'a bearer token'
+            headers['Authorization'] = 'Bearer %s' % token
+            return headers, 'a bearer token'
+        netrc_file = http.get('netrc_file')
         host = urlparse(self.url).hostname
         if netrc_file and host and os.path.exists(netrc_file):
             try:
@@ -265,35 +254,19 @@ class HttpSubstituter(Substituter):
                 raise CacheUnavailable('cannot read netrc file %s: %s' % (netrc_file, error),
                                        cache=self.url) from error
             if entry:
-                http.update(url_username=entry[0], url_password=entry[2], force_basic_auth=True)
-                return http, 'basic auth as user %s from %s' % (entry[0], netrc_file)
-        http['use_netrc'] = False  # never pick up ~/.netrc behind the user's back
-        return http, 'no credentials'
-
-    def _tls_context(self):
-        if self._context is None and SHARED_TLS_CONTEXT:
-            http = self.options.http
-            self._context = make_context(cafile=http.get('ca_path'),
-                                         validate_certs=self.options.validate_certs,
-                                         client_cert=http.get('client_cert'),
-                                         client_key=http.get('client_key'))
-        return self._context
+                headers['Authorization'] = basic_auth(entry[0], entry[2] or '')
+                return headers, 'basic auth as user %s from %s' % (entry[0], netrc_file)
+        return headers, 'no credentials'
 
     def _request(self, relative_url, headers=None, deadline=None):
         """The response to a GET, read through a Deadline (by default ``timeout`` from now)."""
-        args = dict(self._request_args)
-        if headers:
-            args['headers'] = dict(args.get('headers') or {}, **headers)
         deadline = deadline or Deadline(self.options.timeout)
-        context = self._tls_context()
-        if context is not None:
-            args['context'] = context
+        url = '%s/%s' % (self._address, relative_url)
         try:
-            response = deadline.call(lambda: Request().open(
-                'GET', '%s/%s' % (self._address, relative_url), timeout=self.options.timeout,
-                validate_certs=self.options.validate_certs, **args))
+            response = deadline.call(lambda: self._client.get(
+                url, headers, timeout=self.options.timeout, auth_headers=self._auth_headers))
             return DeadlineReader(response, deadline, self.options.timeout)
-        except HTTPError as error:
+        except HttpStatusError as error:
             if error.code in (401, 407):
                 raise CacheUnavailable('the cache refused the credentials (HTTP %d %s); tried: %s'
                                        % (error.code, error.reason, self.credentials),
@@ -303,7 +276,7 @@ class HttpSubstituter(Substituter):
     def _read(self, relative_url, limit):
         try:
             response = self._request(relative_url)
-        except HTTPError as error:
+        except HttpStatusError as error:
             if error.code in MISSING_STATUSES:
                 return None
             raise
@@ -318,7 +291,7 @@ class HttpSubstituter(Substituter):
     def _open(self, relative_url, headers=None, deadline=None):
         try:
             return self._request(relative_url, headers, deadline)
-        except HTTPError as error:
+        except HttpStatusError as error:
             if error.code in MISSING_STATUSES:
                 raise CacheUnavailable('the cache lists %s but answers HTTP %d for it'
                                        % (relative_url, error.code), cache=self.url) from error
@@ -557,8 +530,7 @@ class DeadlineReader(object):
 
 
 def _socket_of(response):
-    raw = getattr(getattr(response, 'fp', None), 'raw', None)
-    return getattr(raw, '_sock', None)
+    return getattr(response, 'socket', None)
 
 
 def read_at_most(stream: Any, limit: int) -> bytes:
@@ -634,19 +606,15 @@ def parse_cache_info(text: str) -> Dict[str, str]:
 
 
 def _is_transient(error):
-    if isinstance(error, HTTPError):
+    if isinstance(error, HttpStatusError):
         return error.code >= 500 or error.code in (408, 429)
-    if isinstance(error, URLError):
-        return True  # refused, reset, name resolution, time-out inside urllib
-    # a body cut short (IncompleteRead), a reset or a time-out while reading
+    # refused, reset, name resolution, a body cut short (IncompleteRead), a reset or a time-out while reading
     return isinstance(error, (HTTPException, socket.timeout, ConnectionError, OSError))
 
 
 def _describe(error):
-    if isinstance(error, HTTPError):
+    if isinstance(error, HttpStatusError):
         return 'HTTP %d %s' % (error.code, error.reason)
-    if isinstance(error, URLError):
-        return str(error.reason)
     return '%s: %s' % (type(error).__name__, error)
 
 

@@ -1,5 +1,6 @@
 """Caches as users run them: private HTTP caches, nix.conf defaults, priorities, flaky
 servers beside healthy ones.  Each realised root is judged by real Nix."""
+import base64
 import os
 
 import pytest
@@ -12,6 +13,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.storepath import 
 from nixtest import nix
 from nixtest.ansible import run_playbook
 from nixtest.http import CacheServer, make_pki, tls_context
+from nixtest.proxy import Proxy
 
 
 def realise(root, paths, **options):
@@ -251,3 +253,79 @@ def test_a_netrc_file_that_is_not_there_is_named(http_cache, caches, small_closu
     error = failure(alt_root, [small_closure.top], substituters=[http_cache.url_for('xz')],
                     trusted_public_keys=[caches['xz'].public_key], netrc_file='/etc/nix/no-netrc')
     assert '/etc/nix/no-netrc' in str(error) and nix.store_entries(str(alt_root)) == []
+
+
+# Connections: kept alive, replaced when the server closed them, redirected, proxied
+
+@pytest.fixture
+def no_proxy_variables(monkeypatch):
+    for name in ('http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY',
+                 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_requests_share_kept_alive_connections(http_cache, caches, pg_closure, alt_root):
+    realise(alt_root, [pg_closure.top], substituters=[http_cache.url_for('zstd')],
+            trusted_public_keys=[caches['zstd'].public_key])
+    assert_realised(alt_root, pg_closure)
+    requests = http_cache.requests_for('/zstd/*', 'GET')
+    assert len(requests) >= 2 * len(pg_closure.paths) + 1     # cache info, narinfos, NARs
+    print('%d requests over %d connections' % (len(requests), http_cache.connections))
+    assert http_cache.connections <= len(requests) // 2
+
+
+def test_a_connection_the_server_closed_is_replaced_without_a_retry(http_cache, caches,
+                                                                     small_closure, alt_root):
+    http_cache.fault('/xz/*', close=True)   # every answer ends its connection, unannounced
+    realise(alt_root, [small_closure.top], substituters=[http_cache.url_for('xz')],
+            trusted_public_keys=[caches['xz'].public_key], retries=0)
+    assert_realised(alt_root, small_closure)
+    assert http_cache.connections == len(http_cache.requests_for('/xz/*'))
+
+
+def test_redirects_are_followed_and_credentials_stay_with_the_cache(http_cache, caches,
+                                                                     small_closure, alt_root):
+    with CacheServer(caches.root) as mirror:
+        http_cache.require_basic_auth('nix', 's3cret')
+        http_cache.fault('/xz/nar/*', redirect=mirror.url + '{path}')
+        realise(alt_root, [small_closure.top], substituters=[http_cache.url_for('xz')],
+                trusted_public_keys=[caches['xz'].public_key], url_username='nix',
+                url_password='s3cret')
+        assert_realised(alt_root, small_closure)
+        nars = mirror.requests_for('/xz/nar/*', 'GET')
+        assert len(nars) == len(small_closure.paths)
+        assert all('Authorization' not in request.headers for request in nars)
+        assert all('Authorization' in request.headers for request in http_cache.requests)
+
+
+def test_http_proxy_from_the_environment(no_proxy_variables, http_cache, caches, small_closure,
+                                         alt_root, tmp_path):
+    url, key = http_cache.url_for('xz'), caches['xz'].public_key
+    with Proxy() as proxy:
+        proxy.require_auth('Basic ' + base64.b64encode(b'me:pr0xy').decode())
+        no_proxy_variables.setenv('http_proxy', proxy.url.replace('//', '//me:pr0xy@'))
+        realise(alt_root, [small_closure.top], substituters=[url], trusted_public_keys=[key])
+        assert_realised(alt_root, small_closure)
+        through = [target for method, target, _auth in proxy.requests if method == 'GET']
+        assert len(through) == len(http_cache.requests) and all(t.startswith(url) for t in through)
+
+        del proxy.requests[:]
+        no_proxy_variables.setenv('no_proxy', '127.0.0.1')
+        realise(tmp_path / 'bypassed', [small_closure.top], substituters=[url],
+                trusted_public_keys=[key])
+        no_proxy_variables.delenv('no_proxy')
+        realise(tmp_path / 'unproxied', [small_closure.top], substituters=[url],
+                trusted_public_keys=[key], use_proxy=False)
+        assert proxy.requests == []
+
+
+def test_https_through_a_proxy_tunnel(no_proxy_variables, tls_cache, pki, caches, small_closure,
+                                      alt_root):
+    with Proxy() as proxy:
+        no_proxy_variables.setenv('https_proxy', proxy.url)
+        realise(alt_root, [small_closure.top], substituters=[tls_cache.url_for('xz')],
+                trusted_public_keys=[caches['xz'].public_key], ca_path=str(pki / 'ca.pem'),
+                client_cert=str(pki / 'client.pem'), client_key=str(pki / 'client.key'))
+        assert_realised(alt_root, small_closure)
+        assert ('CONNECT', '127.0.0.1:%d' % tls_cache.port, None) in proxy.requests

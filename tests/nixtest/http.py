@@ -19,7 +19,13 @@ pattern on the URL path (the first matching fault wins) and can:
 * ``drip`` the answer, headers and body: one byte every ``drip`` seconds,
 * ``hold`` the connection silent for that many seconds after ``truncate_after`` bytes
   (a server that stalls mid-body) before closing it,
+* ``redirect`` to another URL (302 with that Location; a ``{path}`` in it is replaced
+  by the request's path),
+* ``close`` the connection after a complete answer that promised to keep it open (as a
+  server does with an idle keep-alive connection),
 * apply only ``times`` times (then the request is served normally).
+
+``connections`` counts the TCP connections accepted.
 
 ``require_basic_auth(user, password)`` / ``require_bearer(token)`` answer 401 to requests
 without those credentials; ``ranges_ignored = True`` serves whole files to Range requests.
@@ -51,8 +57,11 @@ class Fault:
     """One injected fault; see the module docstring."""
 
     def __init__(self, pattern, status=None, delay=0.0, truncate_after=None, reset=False,
-                 corrupt=None, times=None, methods=('GET', 'HEAD'), drip=None, hold=None):
+                 corrupt=None, times=None, methods=('GET', 'HEAD'), drip=None, hold=None,
+                 redirect=None, close=False):
         self.pattern = pattern
+        self.redirect = redirect
+        self.close = close
         self.drip = drip
         self.hold = hold
         self.status = status
@@ -73,9 +82,10 @@ class Fault:
 
     def __repr__(self):
         return 'Fault(%r, status=%r, delay=%r, truncate_after=%r, reset=%r, corrupt=%r, ' \
-               'times=%r, drip=%r, hold=%r, hits=%r)' % (
+               'times=%r, drip=%r, hold=%r, redirect=%r, close=%r, hits=%r)' % (
                    self.pattern, self.status, self.delay, self.truncate_after, self.reset,
-                   self.corrupt, self.times, self.drip, self.hold, self.hits)
+                   self.corrupt, self.times, self.drip, self.hold, self.redirect, self.close,
+                   self.hits)
 
 
 class Request:
@@ -102,9 +112,17 @@ class Request:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_version = 'nixtest-cache/1'
+    # TCP_NODELAY, as production servers (nginx, S3, CDNs) send: with Nagle's algorithm the
+    # body waits for the client's delayed ACK of the headers, 40 ms a keep-alive request
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):  # quiet
         pass
+
+    def setup(self):
+        super().setup()
+        with self.server.owner._lock:
+            self.server.owner.connections += 1
 
     def do_GET(self):
         self._serve(body=True)
@@ -127,6 +145,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.status is not None:
             self._send_empty(entry, fault.status)
+            return
+        if fault is not None and fault.redirect:
+            self._send_empty(entry, 302, {'Location': fault.redirect.replace('{path}', path)})
             return
         required = owner.required_authorization
         if required is not None and self.headers.get('Authorization') not in required:
@@ -201,6 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        elif fault is not None and fault.close:
+            self.wfile.flush()
+            self.close_connection = True
 
     def _drip_headers(self, interval):
         """Send the status line and headers one byte at a time; False if the client left."""
@@ -281,6 +305,7 @@ class CacheServer:
         self._httpd = None
         self._thread = None
         self._stopping = threading.Event()   # ends dripping and holding answers
+        self.connections = 0                 # TCP connections accepted
 
     # lifecycle
     def start(self):
@@ -374,6 +399,7 @@ class CacheServer:
         with self._lock:
             self._faults = []
             self._requests = []
+            self.connections = 0
         self.required_authorization = None
         self.ranges_ignored = False
 
