@@ -8,44 +8,58 @@ secret key 64 (seed then public key, as libsodium keeps them), a signature 64.  
 narinfo is trusted when one of its ``Sig`` lines verifies its fingerprint under a
 trusted key of the same name.
 
-Ed25519 comes from ``cryptography`` when it can be imported, else PyNaCl, else the
-pure-Python implementation in ``ed25519``, so a host with only the standard library
-can verify too.  ``BACKENDS`` lists those available; the first one is used.
+Ed25519 comes from the interpreter's own OpenSSL library through ``ctypes`` (see
+``libcrypto``) when it has one, else ``cryptography``, else PyNaCl, else the pure-Python
+implementation in ``ed25519``, so a host with only the standard library verifies too.
+``backends()`` lists those available, the first one is used; each optional package is
+imported only when a signature is first checked, so a run that checks none pays nothing.
 """
 
 import base64
 import binascii
 from typing import Any, Iterable, List, Optional
 
-from ansible_collections.nixcache.closure.plugins.module_utils import ed25519
+from ansible_collections.nixcache.closure.plugins.module_utils import ed25519, libcrypto
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidKey, UntrustedPath
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
-
-try:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-    HAS_CRYPTOGRAPHY = True
-except ImportError:
-    HAS_CRYPTOGRAPHY = False
-
-try:
-    import nacl.exceptions
-    import nacl.signing
-    HAS_NACL = True
-except ImportError:
-    HAS_NACL = False
 
 PUBLIC_KEY_SIZE = 32
 SECRET_KEY_SIZE = 64
 SIGNATURE_SIZE = 64
 
 
+class LibcryptoBackend(object):
+    name = 'libcrypto'
+
+    @staticmethod
+    def available():
+        return libcrypto.load() is not None
+
+    @staticmethod
+    def verify(public_key, signature, message):
+        return libcrypto.load().verify(public_key, signature, message)
+
+    @staticmethod
+    def sign(seed, message):
+        return libcrypto.load().sign(seed, message)
+
+
 class CryptographyBackend(object):
     name = 'cryptography'
 
     @staticmethod
+    def available():
+        try:
+            from cryptography.hazmat.primitives.asymmetric import ed25519 as _ed25519  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    @staticmethod
     def verify(public_key, signature, message):
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         try:
             Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
         except (InvalidSignature, ValueError):
@@ -54,6 +68,7 @@ class CryptographyBackend(object):
 
     @staticmethod
     def sign(seed, message):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         return Ed25519PrivateKey.from_private_bytes(seed).sign(message)
 
 
@@ -61,7 +76,17 @@ class NaclBackend(object):
     name = 'nacl'
 
     @staticmethod
+    def available():
+        try:
+            import nacl.signing  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    @staticmethod
     def verify(public_key, signature, message):
+        import nacl.exceptions
+        import nacl.signing
         try:
             nacl.signing.VerifyKey(public_key).verify(message, signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
@@ -70,6 +95,7 @@ class NaclBackend(object):
 
     @staticmethod
     def sign(seed, message):
+        import nacl.signing
         return nacl.signing.SigningKey(seed).sign(message).signature
 
 
@@ -78,10 +104,25 @@ class PurePythonBackend(object):
     verify = staticmethod(ed25519.verify)
     sign = staticmethod(ed25519.sign)
 
+    @staticmethod
+    def available():
+        return True
 
-BACKENDS = ([CryptographyBackend] if HAS_CRYPTOGRAPHY else []) + \
-    ([NaclBackend] if HAS_NACL else []) + [PurePythonBackend]
-BACKEND = BACKENDS[0]
+
+# Fastest first: no import to pay and the GIL released, then the optional packages.
+CANDIDATES = (LibcryptoBackend, CryptographyBackend, NaclBackend, PurePythonBackend)
+_available = []
+
+
+def backends() -> List[Any]:
+    """The backends this interpreter can use, in order of preference (found once)."""
+    if not _available:
+        _available.extend(backend for backend in CANDIDATES if backend.available())
+    return list(_available)
+
+
+def default_backend() -> Any:
+    return backends()[0]
 
 
 def _split(text, size, what):
@@ -112,7 +153,7 @@ class PublicKey(object):
                            PUBLIC_KEY_SIZE, 'public key'))
 
     def verify(self, message: bytes, signature: bytes, backend: Any = None) -> bool:
-        return (backend or BACKEND).verify(self.key, signature, message)
+        return (backend or default_backend()).verify(self.key, signature, message)
 
     def __str__(self):
         return '%s:%s' % (self.name, base64.b64encode(self.key).decode('ascii'))
@@ -143,7 +184,7 @@ class SecretKey(object):
 
     def sign(self, message: bytes, backend: Any = None) -> str:
         """A ``Sig`` value: ``<name>:<base64 signature>``."""
-        signature = (backend or BACKEND).sign(self.seed, message)
+        signature = (backend or default_backend()).sign(self.seed, message)
         return '%s:%s' % (self.name, base64.b64encode(signature).decode('ascii'))
 
 
