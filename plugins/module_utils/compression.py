@@ -6,7 +6,8 @@
 ``open_decompressed(method, raw)`` wraps anything with ``read(n)`` (an HTTP response, a
 file) in a reader that decompresses as it is read, in bounded memory.  xz, bzip2 and
 gzip come from the standard library; zstd from the ``zstandard`` package, Python 3.14's
-``compression.zstd`` or else the ``zstd`` program; br from the ``brotli`` package.
+``compression.zstd``, the system's ``libzstd`` (see ``libzstd``) or else the ``zstd``
+program; br from the ``brotli`` package.
 Corrupt input raises ``InvalidNar`` with a message starting ``corrupt <method> stream:``.
 Closing the reader releases the decompressor; ``raw`` stays the caller's to close.
 """
@@ -19,6 +20,7 @@ import threading
 import zlib
 from typing import Any, List, Optional
 
+from ansible_collections.nixcache.closure.plugins.module_utils import libzstd
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidNar, UnsupportedCompression)
 
@@ -44,6 +46,7 @@ READ_SIZE = 1 << 18          # compressed bytes asked of ``raw`` at a time
 DEFAULT_OUTPUT = 1 << 18     # what ``read()`` without a size returns at most
 BROTLI_INPUT = 1 << 14       # brotli input per call (older releases cannot bound output)
 ZSTD_PROGRAM = 'zstd'
+ZSTD_LIBRARIES = libzstd.LIBRARY_NAMES
 _THREAD_JOIN_TIMEOUT = 10
 
 METHODS = ('none', 'xz', 'bzip2', 'gzip', 'zstd', 'br')
@@ -434,10 +437,14 @@ def _zstd_program():
     return shutil.which(ZSTD_PROGRAM)
 
 
+def _zstd_library():
+    return libzstd.load(ZSTD_LIBRARIES) if ZSTD_LIBRARIES else None
+
+
 def available_methods() -> List[str]:
     """The compression methods this host can decompress, in the order of ``METHODS``."""
     methods = ['none', 'xz', 'bzip2', 'gzip']
-    if _zstandard is not None or _stdlib_zstd is not None or _zstd_program():
+    if _zstandard is not None or _stdlib_zstd is not None or _zstd_library() or _zstd_program():
         methods.append('zstd')
     if _brotli is not None:
         methods.append('br')
@@ -460,13 +467,18 @@ def open_decompressed(method: Optional[str], raw: Any) -> Any:
         if _stdlib_zstd is not None:
             return _IncrementalReader(method, raw, _stdlib_zstd.ZstdDecompressor,
                                       (_stdlib_zstd.ZstdError, EOFError))
+        library = _zstd_library()
+        if library is not None:
+            return _IncrementalReader(method, raw, lambda: libzstd.Decompressor(library),
+                                      (libzstd.ZstdError, EOFError))
         program = _zstd_program()
         if program:
             return _ZstdProgramReader(raw, program)
         raise UnsupportedCompression(
-            'cannot decompress zstd: install the zstandard package for the Python that '
-            'runs the module ("pip install zstandard") or the zstd package of the '
-            'distribution (the zstd program)', expected='zstd')
+            'cannot decompress zstd: install the zstd library of the distribution (Debian\'s '
+            'and Ubuntu\'s libzstd1), its zstd program (the zstd package) or the zstandard '
+            'package for the Python that runs the module ("pip install zstandard")',
+            expected='zstd')
     if method == 'br':
         if _brotli is not None:
             return _IncrementalReader(method, raw, _BrotliDecompressor,

@@ -4,7 +4,8 @@
 """What a host lacks to read a set of caches, and nothing more.
 
 Reading ``s3://`` caches needs boto3; a NAR compressed with zstd needs a zstd
-decompressor (the ``zstandard`` package or the ``zstd`` program), one compressed with br
+decompressor (the system's libzstd, the ``zstandard`` package or the ``zstd`` program),
+one compressed with br
 the ``brotli`` package.  The standard library covers everything else.  The names returned
 (``boto3``, ``zstd``, ``brotli``) are what a role maps to the packages of its distribution.
 """

@@ -132,6 +132,8 @@ class LocalStore(object):
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute('pragma foreign_keys = on')
+            # as Nix sets it: with WAL, a commit no longer waits for an fsync
+            self._db.execute('pragma synchronous = normal')
         except sqlite3.Error as error:
             self.close()
             raise StoreError('cannot open the Nix database: %s' % error, path=self.db_path) from error

@@ -11,8 +11,9 @@ description:
   - Reads the C(.narinfo) files of the paths still to fetch (as M(nixcache.closure.realise)
     plans them in check mode) and returns what this host lacks to fetch them, and nothing
     else - C(boto3) when a cache is an C(s3://) bucket and boto3 cannot be imported,
-    C(zstd) when a NAR is compressed with zstd and neither the C(zstandard) package nor the
-    C(zstd) program is there, C(brotli) for br.
+    C(zstd) when a NAR is compressed with zstd and none of the system's zstd library
+    (C(libzstd.so.1)), the C(zstandard) package and the C(zstd) program is there, C(brotli)
+    for br.
   - While boto3 is missing the C(s3://) caches cannot be read, so RV(complete) is false and
     the compression methods are not known yet; ask again once boto3 is installed.
   - Changes nothing on the host.

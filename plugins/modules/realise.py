@@ -14,8 +14,9 @@ description:
     and registers the paths in the Nix database, so that a C(nix) installed later sees them
     as valid.
   - No C(nix) binary is needed on the host. The host's Python standard library is enough for
-    C(xz), C(bzip2), C(gzip) and uncompressed caches; C(zstd) caches need the C(zstandard)
-    Python package or the C(zstd) program.
+    C(xz), C(bzip2), C(gzip) and uncompressed caches, and for C(zstd) caches where the
+    system's zstd library is installed (C(libzstd1) on Debian and Ubuntu, which apt itself
+    needs); else they need the C(zstandard) Python package or the C(zstd) program.
   - A path is either fully valid in the store or absent. When something fails, paths that are
     complete together with their references stay registered, and nothing else is left behind.
   - Paths already valid in the store are not fetched again, so a re-run reports no change.
@@ -26,7 +27,8 @@ requirements:
     library is enough for C(file://), C(http://) and C(https://) caches compressed with C(xz),
     C(bzip2), C(gzip) or nothing.
   - C(boto3) for C(s3://) caches.
-  - C(zstandard) (Python) or the C(zstd) program for C(zstd) caches.
+  - For C(zstd) caches, the system's C(libzstd.so.1), C(zstandard) (Python) or the C(zstd)
+    program.
 extends_documentation_fragment:
   - nixcache.closure.attributes
   - nixcache.closure.attributes.action_group

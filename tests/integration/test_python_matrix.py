@@ -2,8 +2,8 @@
 
 Managed hosts: ``realise`` (an xz and a zstd cache), ``profile`` and ``link_tree`` run end
 to end through ``ansible-playbook`` on each CPython from 3.8 to 3.13 found on the machine,
-each with its standard library only: signatures through the pure-Python Ed25519, zstd
-through the ``zstd`` program.  A second run changes nothing, and real Nix verifies what
+each with its standard library only: signatures and zstd through the system's libcrypto
+and libzstd (``ctypes``).  A second run changes nothing, and real Nix verifies what
 was written.
 
 Controllers: the same play under the oldest ansible-core ``meta/runtime.yml`` claims and

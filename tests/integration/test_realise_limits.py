@@ -257,7 +257,7 @@ def test_nix_cache_info_larger_than_the_limit_is_refused(tmp_path):
 @pytest.mark.slow
 def test_decompression_bomb_through_ansible_playbook_on_a_bare_python(
         nix_keys, tmp_path, small_tmpfs):
-    """The module on Debian's own Python (no zstandard: the zstd program decompresses)."""
+    """The module on Debian's own Python (no zstandard: the system's libzstd decompresses)."""
     cache_dir = str(tmp_path / 'bomb-cache')
     store_path = write_bomb_cache(cache_dir, many_small_files(), nix_keys.trusted.secret_file)
     started = time.monotonic()

@@ -93,13 +93,24 @@ def payload(tmp_path_factory):
     return b''.join(chunks)
 
 
+def without_zstd_packages(monkeypatch, library=True):
+    """No zstandard package, no compression.zstd, and with ``library=False`` no libzstd:
+    what is left is the next zstd backend in line."""
+    monkeypatch.setattr(compression, '_zstandard', None)
+    monkeypatch.setattr(compression, '_stdlib_zstd', None)
+    if not library:
+        monkeypatch.setattr(compression, 'ZSTD_LIBRARIES', ())
+
+
 def select_method(name, monkeypatch):
     """Turn a test case name into a method, forcing the zstd backend it names."""
     if name == 'zstd-program':
         if shutil.which('zstd') is None:
             pytest.skip('needs the zstd program')
-        monkeypatch.setattr(compression, '_zstandard', None)
-        monkeypatch.setattr(compression, '_stdlib_zstd', None)
+        without_zstd_packages(monkeypatch, library=False)
+        return 'zstd'
+    if name == 'zstd-library':    # always there where apt is: never skipped
+        without_zstd_packages(monkeypatch)
         return 'zstd'
     if name == 'zstd-bundled':
         if compression._zstandard is None and compression._stdlib_zstd is None:
@@ -110,7 +121,7 @@ def select_method(name, monkeypatch):
     return name
 
 
-COMPRESSED_CASES = ['xz', 'bzip2', 'gzip', 'br', 'zstd-bundled', 'zstd-program']
+COMPRESSED_CASES = ['xz', 'bzip2', 'gzip', 'br', 'zstd-bundled', 'zstd-library', 'zstd-program']
 
 
 @pytest.fixture(params=COMPRESSED_CASES)
@@ -316,8 +327,7 @@ def test_nars_in_a_cache_written_by_nix(tmp_path_factory, tmp_path, nix_store_pa
 
 @needs('zstd')
 def test_zstd_program_is_used_without_the_package(monkeypatch):
-    monkeypatch.setattr(compression, '_zstandard', None)
-    monkeypatch.setattr(compression, '_stdlib_zstd', None)
+    without_zstd_packages(monkeypatch, library=False)
     reader = compression.open_decompressed('zstd', io.BytesIO(compress('zstd', b'hi')))
     assert isinstance(reader, compression._ZstdProgramReader)
     assert read_all(reader) == b'hi'
@@ -347,8 +357,7 @@ def assert_cleaned_up(process, feeder):
 
 @needs('zstd')
 def test_zstd_program_stops_when_the_consumer_stops_early(monkeypatch):
-    monkeypatch.setattr(compression, '_zstandard', None)
-    monkeypatch.setattr(compression, '_stdlib_zstd', None)
+    without_zstd_packages(monkeypatch, library=False)
     threads_before = threading.active_count()
     reader = compression.open_decompressed('zstd', endless_zstd_frames())
     assert len(reader.read(1 << 16)) > 0
@@ -362,8 +371,7 @@ def test_zstd_program_stops_when_the_consumer_stops_early(monkeypatch):
 
 @needs('zstd')
 def test_zstd_program_cleans_up_after_corrupt_input(monkeypatch):
-    monkeypatch.setattr(compression, '_zstandard', None)
-    monkeypatch.setattr(compression, '_stdlib_zstd', None)
+    without_zstd_packages(monkeypatch, library=False)
     reader = compression.open_decompressed('zstd', io.BytesIO(b'not zstd at all' * 1000))
     process, feeder = reader._process, reader._feeder
     with pytest.raises(InvalidNar, match='^corrupt zstd stream: '):
@@ -374,8 +382,7 @@ def test_zstd_program_cleans_up_after_corrupt_input(monkeypatch):
 
 @needs('zstd')
 def test_zstd_program_is_stopped_when_the_reader_is_dropped(monkeypatch):
-    monkeypatch.setattr(compression, '_zstandard', None)
-    monkeypatch.setattr(compression, '_stdlib_zstd', None)
+    without_zstd_packages(monkeypatch, library=False)
     reader = compression.open_decompressed('zstd', endless_zstd_frames())
     reader.read(100)
     process, feeder = reader._process, reader._feeder
@@ -383,10 +390,10 @@ def test_zstd_program_is_stopped_when_the_reader_is_dropped(monkeypatch):
     assert_cleaned_up(process, feeder)
 
 
-@needs('zstd')
-def test_bare_python_decompresses_zstd_with_the_program(tmp_path, payload):
+def test_bare_python_decompresses_zstd_with_the_system_library(tmp_path, payload):
     """The host's own Python with its standard library only (``-S``: no site packages,
-    so no zstandard whatever the machine has installed), as on a fresh machine."""
+    so no zstandard whatever the machine has installed), as on a fresh machine: the
+    system's libzstd, in process."""
     python = '/usr/bin/python3'
     if not os.path.exists(python):
         pytest.skip('needs /usr/bin/python3')
@@ -397,6 +404,7 @@ def test_bare_python_decompresses_zstd_with_the_program(tmp_path, payload):
         sys.path.insert(0, %r)
         from ansible_collections.nixcache.closure.plugins.module_utils import compression
         reader = compression.open_decompressed('zstd', open(%r, 'rb'))
+        kind = type(reader._decompressor).__module__.rsplit('.', 1)[-1]
         digest = hashlib.sha256()
         while True:
             chunk = reader.read(1 << 20)
@@ -404,25 +412,24 @@ def test_bare_python_decompresses_zstd_with_the_program(tmp_path, payload):
                 break
             digest.update(chunk)
         reader.close()
-        print(type(reader).__name__, digest.hexdigest(), compression.available_methods())
+        print(kind, digest.hexdigest(), compression.available_methods())
     ''' % (COLLECTIONS, str(compressed)))
     output = subprocess.run([python, '-S', '-c', program], check=True, stdout=subprocess.PIPE)
     name, digest, methods = output.stdout.decode().split(' ', 2)
-    assert name == '_ZstdProgramReader'
+    assert name == 'libzstd'
     assert digest == hashlib.sha256(payload).hexdigest()
     assert "'zstd'" in methods
 
 
 # --- what is missing ------------------------------------------------------------------
 
-def test_zstd_without_package_or_program_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(compression, '_zstandard', None)
-    monkeypatch.setattr(compression, '_stdlib_zstd', None)
+def test_zstd_without_package_library_or_program_says_what_to_install(monkeypatch):
+    without_zstd_packages(monkeypatch, library=False)
     monkeypatch.setattr(compression, 'ZSTD_PROGRAM', 'no-such-zstd-program')
     with pytest.raises(UnsupportedCompression) as raised:
         compression.open_decompressed('zstd', io.BytesIO(b''))
     assert 'pip install zstandard' in raised.value.message
-    assert 'zstd package' in raised.value.message
+    assert 'libzstd1' in raised.value.message and 'zstd package' in raised.value.message
     assert 'zstd' not in compression.available_methods()
 
 

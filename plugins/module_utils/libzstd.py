@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# Copyright: nixcache.closure contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""zstd decompression through the system's ``libzstd`` library and ``ctypes``.
+
+Debian and Ubuntu systems carry ``libzstd.so.1`` even without the ``zstd`` program (apt
+and dpkg link it), so the standard library reaches a zstd decoder in C: no process and
+no feeding thread per NAR, and the GIL released while it works.  ``load()`` returns None
+when there is no usable library, or when it fails a known-answer test.
+"""
+
+import ctypes
+import ctypes.util
+import threading
+from typing import Optional
+
+LIBRARY_NAMES = ('libzstd.so.1', 'libzstd.so')
+ZSTD_D_WINDOW_LOG_MAX = 100     # ZSTD_d_windowLogMax
+WINDOW_LOG_MAX = 27             # 128 MiB, the library's and the zstd program's default bound
+OUTPUT_SIZE = 1 << 18
+
+# b'hello\n' as `zstd -q -c` writes it (with a content checksum).
+_TEST_FRAME = bytes.fromhex('28b52ffd045831000068656c6c6f0a5388bd91')
+_TEST_OUTPUT = b'hello\n'
+
+
+class ZstdError(Exception):
+    pass
+
+
+class _Buffer(ctypes.Structure):
+    # ZSTD_inBuffer and ZSTD_outBuffer alike: a pointer, a size and a position
+    _fields_ = [('data', ctypes.c_void_p), ('size', ctypes.c_size_t), ('pos', ctypes.c_size_t)]
+
+
+class Libzstd(object):
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._create = self._function(library, 'ZSTD_createDCtx', ctypes.c_void_p)
+        self.free = self._function(library, 'ZSTD_freeDCtx', ctypes.c_size_t, ctypes.c_void_p)
+        self.decompress_stream = self._function(
+            library, 'ZSTD_decompressStream', ctypes.c_size_t, ctypes.c_void_p,
+            ctypes.POINTER(_Buffer), ctypes.POINTER(_Buffer))
+        self.is_error = self._function(library, 'ZSTD_isError', ctypes.c_uint, ctypes.c_size_t)
+        self.error_name = self._function(library, 'ZSTD_getErrorName', ctypes.c_char_p,
+                                         ctypes.c_size_t)
+        try:   # libzstd 1.4 and later; older ones keep their default bound, the same 27
+            self._set_parameter = self._function(library, 'ZSTD_DCtx_setParameter',
+                                                 ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int,
+                                                 ctypes.c_int)
+        except AttributeError:
+            self._set_parameter = None
+
+    @staticmethod
+    def _function(library, name, result, *arguments):
+        function = getattr(library, name)
+        function.restype = result
+        function.argtypes = list(arguments)
+        return function
+
+    def new_context(self) -> int:
+        context = self._create()
+        if not context:
+            raise MemoryError('libzstd could not make a decompression context')
+        if self._set_parameter is not None:
+            self.check(self._set_parameter(context, ZSTD_D_WINDOW_LOG_MAX, WINDOW_LOG_MAX))
+        return context
+
+    def check(self, code: int) -> int:
+        if self.is_error(code):
+            raise ZstdError((self.error_name(code) or b'unknown error').decode('ascii', 'replace'))
+        return code
+
+    def works(self) -> bool:
+        decompressor = Decompressor(self)
+        try:
+            return decompressor.decompress(_TEST_FRAME, 64) == _TEST_OUTPUT and decompressor.eof
+        finally:
+            decompressor.close()
+
+
+class Decompressor(object):
+    """One zstd frame behind the ``lzma`` decompressor interface:
+    ``decompress(data, max_length)``, ``eof``, ``needs_input``, ``unused_data``."""
+
+    def __init__(self, library: Libzstd) -> None:
+        self._library = library
+        self._context = library.new_context()
+        self._input = b''            # kept alive while the decoder points into it
+        self._input_buffer = _Buffer(None, 0, 0)
+        self._output = ctypes.create_string_buffer(OUTPUT_SIZE)
+        self._output_full = False    # the last call filled its output: more may be pending
+        self.eof = False
+
+    @property
+    def needs_input(self) -> bool:
+        return (not self.eof and not self._output_full
+                and self._input_buffer.pos >= self._input_buffer.size)
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._input[self._input_buffer.pos:] if self.eof else b''
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self.eof:
+            raise EOFError('data after the end of the zstd frame')
+        if data:
+            rest = self._input[self._input_buffer.pos:]
+            self._input = rest + data if rest else bytes(data)
+            self._input_buffer = _Buffer(ctypes.cast(ctypes.c_char_p(self._input), ctypes.c_void_p),
+                                         len(self._input), 0)
+        if len(self._output) < max_length:
+            self._output = ctypes.create_string_buffer(max_length)
+        output = _Buffer(ctypes.cast(self._output, ctypes.c_void_p), max_length, 0)
+        hint = self._library.check(self._library.decompress_stream(
+            self._context, ctypes.byref(output), ctypes.byref(self._input_buffer)))
+        self._output_full = output.pos == output.size
+        if hint == 0:      # the frame is decoded and flushed
+            self.eof = True
+            self.close()
+        return ctypes.string_at(self._output, output.pos)
+
+    def close(self) -> None:
+        context, self._context = self._context, None
+        if context:
+            self._library.free(context)
+
+    def __del__(self):
+        self.close()
+
+
+_loaded = {}
+_load_lock = threading.Lock()
+
+
+def load(names=LIBRARY_NAMES) -> Optional[Libzstd]:
+    """The system's Libzstd, or None when there is no usable one (looked for once)."""
+    names = tuple(names)
+    with _load_lock:
+        if names not in _loaded:
+            _loaded[names] = _find(names)
+        return _loaded[names]
+
+
+def _find(names):
+    for name in names:
+        library = _try(name)
+        if library is not None:
+            return library
+    found = ctypes.util.find_library('zstd') if names == LIBRARY_NAMES else None
+    return _try(found) if found else None
+
+
+def _try(name):
+    try:
+        library = Libzstd(ctypes.CDLL(name))
+        return library if library.works() else None
+    except (OSError, AttributeError, ZstdError, MemoryError):
+        return None
