@@ -18,6 +18,7 @@ LIBRARY_NAMES = ('libzstd.so.1', 'libzstd.so')
 ZSTD_D_WINDOW_LOG_MAX = 100     # ZSTD_d_windowLogMax
 WINDOW_LOG_MAX = 27             # 128 MiB, the library's and the zstd program's default bound
 OUTPUT_SIZE = 1 << 18
+IDLE_CONTEXTS = 8               # contexts kept for later frames
 
 # b'hello\n' as `zstd -q -c` writes it (with a content checksum).
 _TEST_FRAME = bytes.fromhex('28b52ffd045831000068656c6c6f0a5388bd91')
@@ -28,8 +29,13 @@ class ZstdError(Exception):
     pass
 
 
-class _Buffer(ctypes.Structure):
-    # ZSTD_inBuffer and ZSTD_outBuffer alike: a pointer, a size and a position
+# ZSTD_inBuffer and ZSTD_outBuffer: a pointer, a size and a position.  No ctypes.cast:
+# its result refers to itself, so every buffer it touched would wait for the cyclic GC.
+class _InBuffer(ctypes.Structure):
+    _fields_ = [('data', ctypes.c_char_p), ('size', ctypes.c_size_t), ('pos', ctypes.c_size_t)]
+
+
+class _OutBuffer(ctypes.Structure):
     _fields_ = [('data', ctypes.c_void_p), ('size', ctypes.c_size_t), ('pos', ctypes.c_size_t)]
 
 
@@ -39,16 +45,19 @@ class Libzstd(object):
         self.free = self._function(library, 'ZSTD_freeDCtx', ctypes.c_size_t, ctypes.c_void_p)
         self.decompress_stream = self._function(
             library, 'ZSTD_decompressStream', ctypes.c_size_t, ctypes.c_void_p,
-            ctypes.POINTER(_Buffer), ctypes.POINTER(_Buffer))
+            ctypes.POINTER(_OutBuffer), ctypes.POINTER(_InBuffer))
         self.is_error = self._function(library, 'ZSTD_isError', ctypes.c_uint, ctypes.c_size_t)
         self.error_name = self._function(library, 'ZSTD_getErrorName', ctypes.c_char_p,
                                          ctypes.c_size_t)
+        self._init = self._function(library, 'ZSTD_initDStream', ctypes.c_size_t, ctypes.c_void_p)
         try:   # libzstd 1.4 and later; older ones keep their default bound, the same 27
             self._set_parameter = self._function(library, 'ZSTD_DCtx_setParameter',
                                                  ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int,
                                                  ctypes.c_int)
         except AttributeError:
             self._set_parameter = None
+        self._lock = threading.Lock()
+        self._idle = []
 
     @staticmethod
     def _function(library, name, result, *arguments):
@@ -57,13 +66,28 @@ class Libzstd(object):
         function.argtypes = list(arguments)
         return function
 
-    def new_context(self) -> int:
-        context = self._create()
-        if not context:
-            raise MemoryError('libzstd could not make a decompression context')
-        if self._set_parameter is not None:
-            self.check(self._set_parameter(context, ZSTD_D_WINDOW_LOG_MAX, WINDOW_LOG_MAX))
+    def acquire(self) -> int:
+        """A decompression context ready for a new frame, from the idle ones if any.
+
+        Contexts are kept for the next frame: making and freeing one per NAR leaves the
+        allocator with megabytes of window buffers it does not give back."""
+        with self._lock:
+            context = self._idle.pop() if self._idle else None
+        if context is None:
+            context = self._create()
+            if not context:
+                raise MemoryError('libzstd could not make a decompression context')
+            if self._set_parameter is not None:
+                self.check(self._set_parameter(context, ZSTD_D_WINDOW_LOG_MAX, WINDOW_LOG_MAX))
+        self.check(self._init(context))
         return context
+
+    def release(self, context: int) -> None:
+        with self._lock:
+            if len(self._idle) < IDLE_CONTEXTS:
+                self._idle.append(context)
+                return
+        self.free(context)
 
     def check(self, code: int) -> int:
         if self.is_error(code):
@@ -84,9 +108,9 @@ class Decompressor(object):
 
     def __init__(self, library: Libzstd) -> None:
         self._library = library
-        self._context = library.new_context()
-        self._input = b''            # kept alive while the decoder points into it
-        self._input_buffer = _Buffer(None, 0, 0)
+        self._context = library.acquire()
+        self._input = b''            # the input the decoder points into
+        self._input_buffer = _InBuffer(None, 0, 0)
         self._output = ctypes.create_string_buffer(OUTPUT_SIZE)
         self._output_full = False    # the last call filled its output: more may be pending
         self.eof = False
@@ -103,14 +127,15 @@ class Decompressor(object):
     def decompress(self, data: bytes, max_length: int) -> bytes:
         if self.eof:
             raise EOFError('data after the end of the zstd frame')
+        if not self._context:
+            raise ValueError('the decompressor is closed')
         if data:
             rest = self._input[self._input_buffer.pos:]
             self._input = rest + data if rest else bytes(data)
-            self._input_buffer = _Buffer(ctypes.cast(ctypes.c_char_p(self._input), ctypes.c_void_p),
-                                         len(self._input), 0)
+            self._input_buffer = _InBuffer(self._input, len(self._input), 0)
         if len(self._output) < max_length:
             self._output = ctypes.create_string_buffer(max_length)
-        output = _Buffer(ctypes.cast(self._output, ctypes.c_void_p), max_length, 0)
+        output = _OutBuffer(ctypes.addressof(self._output), max_length, 0)
         hint = self._library.check(self._library.decompress_stream(
             self._context, ctypes.byref(output), ctypes.byref(self._input_buffer)))
         self._output_full = output.pos == output.size
@@ -120,9 +145,10 @@ class Decompressor(object):
         return ctypes.string_at(self._output, output.pos)
 
     def close(self) -> None:
+        """Hand the context back (done at the end of the frame)."""
         context, self._context = self._context, None
         if context:
-            self._library.free(context)
+            self._library.release(context)
 
     def __del__(self):
         self.close()
