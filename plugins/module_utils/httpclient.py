@@ -10,24 +10,28 @@ small narinfo, so idle connections are kept per origin and reused, as Nix's curl
 Also handled: one TLS context per client (CA bundle, client certificate), proxies named
 by ``http_proxy``/``https_proxy``/``no_proxy`` (HTTPS through a CONNECT tunnel), and
 redirects (at most MAX_REDIRECTS; credentials go only to the origin they were given for).
+
+``http.client``, ``ssl`` and ``urllib.request`` are imported with the first request: a
+run that finds everything in place does not pay for them.
 """
 
 import base64
-import http.client
-import ssl
 import threading
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote, urljoin, urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 IDLE_PER_ORIGIN = 16
 USER_AGENT = 'nixcache.closure'
-# Errors of a kept-alive connection the server closed while it was idle: the request is
-# sent again once on a new connection.
-STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError,
-                           BrokenPipeError, http.client.BadStatusLine)
+
+
+def _stale_connection_errors():
+    """Errors of a kept-alive connection the server closed while it was idle: the request
+    is sent again once on a new connection."""
+    import http.client
+    return (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+            http.client.BadStatusLine)
 
 
 class HttpStatusError(Exception):
@@ -115,9 +119,10 @@ class HttpClient(object):
         self._idle = {}      # connection key -> [idle connections]
         self._lock = threading.Lock()
 
-    def tls_context(self) -> ssl.SSLContext:
+    def tls_context(self) -> Any:
         """The one TLS context of this client, made on first use (loading the CA
         certificates is costly)."""
+        import ssl
         with self._lock:
             if self._context is None:
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -169,7 +174,7 @@ class HttpClient(object):
             try:
                 connection.request('GET', target, headers=headers)
                 response = connection.getresponse()
-            except STALE_CONNECTION_ERRORS:
+            except _stale_connection_errors():
                 connection.close()
                 if not reused:
                     raise
@@ -206,6 +211,7 @@ class HttpClient(object):
     def _proxy_for(self, scheme, host):
         if not self.use_proxy:
             return None
+        from urllib.request import getproxies, proxy_bypass
         proxy = getproxies().get(scheme)
         if not proxy or proxy_bypass(host):
             return None
@@ -224,6 +230,7 @@ class HttpClient(object):
         return self._connect(key, timeout), False
 
     def _connect(self, key, timeout):
+        import http.client
         scheme, host, port, tunnel = key
         if scheme == 'http':
             return http.client.HTTPConnection(host, port, timeout=timeout)
@@ -255,5 +262,6 @@ class HttpClient(object):
 
 def is_certificate_error(error: BaseException) -> bool:
     """Whether an error is a failed TLS certificate check (retrying it cannot help)."""
+    import ssl
     return isinstance(error, ssl.SSLCertVerificationError) or (
         isinstance(error, ssl.SSLError) and 'CERTIFICATE_VERIFY_FAILED' in str(error))

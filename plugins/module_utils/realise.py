@@ -18,7 +18,6 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import Plan, find_narinfo, plan_closure
-from ansible_collections.nixcache.closure.plugins.module_utils.compression import open_decompressed
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     CacheUnavailable,
     HashMismatch,
@@ -199,6 +198,10 @@ class Realiser(object):
         is valid after a failure is a closed set.  Two runs fetching the same path at
         the same time may both download it; the second finds it valid and drops its copy.
         """
+        # The decompressors (and ctypes, subprocess) load only when something is fetched,
+        # here, before the worker threads start: imports racing in threads can fail.
+        from ansible_collections.nixcache.closure.plugins.module_utils import compression
+        self._open_decompressed = compression.open_decompressed
         items = dict((item.store_path, item) for item in plan.to_fetch)
         waiting = dict((path, set(ref for ref in item.references if ref in items))
                        for path, item in items.items())
@@ -323,7 +326,7 @@ class Realiser(object):
             raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
             try:
                 counted = CountingReader(raw, item.narinfo.nar_size, self.progress.add_bytes)
-                decompressed = open_decompressed(item.narinfo.compression, counted)
+                decompressed = self._open_decompressed(item.narinfo.compression, counted)
                 try:   # closed at once: a decompressor process or thread stops with the NAR
                     hashed = HashingReader(decompressed)
                     nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)

@@ -17,7 +17,6 @@ import random
 import socket
 import threading
 import time
-from http.client import HTTPException
 from typing import Any, Dict, Iterable, Optional, Set, Tuple
 from urllib.parse import unquote, urlparse, urlunparse
 
@@ -608,7 +607,8 @@ def parse_cache_info(text: str) -> Dict[str, str]:
 def _is_transient(error):
     if isinstance(error, HttpStatusError):
         return error.code >= 500 or error.code in (408, 429)
-    # refused, reset, name resolution, a body cut short (IncompleteRead), a reset or a time-out while reading
+    from http.client import HTTPException   # loaded already by the request that failed
+    # refused, reset, name resolution, a body cut short (IncompleteRead), a time-out
     return isinstance(error, (HTTPException, socket.timeout, ConnectionError, OSError))
 
 
