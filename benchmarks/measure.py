@@ -4,10 +4,11 @@ it needs to check or report); each realises into a fresh root that the caller re
 ``Host``       ansible-playbook runs on localhost (``ansible_connection=local``) whose
                module Python is the bare /usr/bin/python3 behind benchmarks/maxrss.py
 ``nix_copy``   ``nix copy --from URL --to ROOT``, with an empty narinfo cache
-``floor``      every NAR decompressed by ``xz``/``zstd``, hashed by ``sha256sum`` and
+``floor``      every NAR decompressed by ``xz``/``zstd``, hashed by ``openssl dgst`` and
                unpacked by ``nix-store --restore``, JOBS NARs at a time
 ``library``    benchmarks/realise_once.py: the library in the test virtualenv
 """
+import collections
 import concurrent.futures
 import json
 import os
@@ -29,6 +30,9 @@ PING_PLAY = '''- hosts: all
       ansible.builtin.ping:
 '''
 DECOMPRESSORS = {'xz': 'xz', 'zstd': 'zstd'}
+# OpenSSL's SHA-256, as Python's hashlib has it: Debian's sha256sum does not use the CPU's
+# SHA instructions and hashes about 4 times slower, which would make the floor no floor.
+HASHER = ['openssl', 'dgst', '-sha256', '-r']
 
 
 def fresh_root(name):
@@ -59,10 +63,16 @@ def run_child(command, env=None):
         return seconds, usage.ru_maxrss / 1024.0, out.read().decode()
 
 
+PlayRun = collections.namedtuple('PlayRun', 'seconds result rss module_seconds')
+PlayRun.__doc__ = ('One ansible-playbook run: its wall seconds, its PlaybookResult, and the '
+                   'peak RSS (MiB) and wall seconds of the one module process it ran.')
+
+
 class Host:
     """The managed host as users have it: Debian's /usr/bin/python3 with its standard
     library only (a virtualenv without pip or site packages, as the tests make them), run
-    through a copy of benchmarks/maxrss.py that records each module's peak RSS."""
+    through a copy of benchmarks/maxrss.py that records each module's peak RSS and wall
+    time."""
 
     def __init__(self, jobs):
         python = '/usr/bin/python3'
@@ -83,7 +93,7 @@ class Host:
         self.realise_play = realise_play(jobs=jobs)
 
     def _play(self, play, extra_vars=None):
-        """(wall seconds of ansible-playbook, the run's result, the module's peak RSS in MiB)."""
+        """A PlayRun of one ansible-playbook run of ``play``."""
         if os.path.exists(self.log):
             os.unlink(self.log)
         started = time.monotonic()
@@ -92,17 +102,18 @@ class Host:
         seconds = time.monotonic() - started
         result.assert_ok()
         with open(self.log) as handle:
-            rss = [int(line) / 1024.0 for line in handle]
-        if len(rss) != 1:
-            raise SystemExit('expected one module run, the interpreter ran %d times' % len(rss))
-        return seconds, result, rss[0]
+            modules = [line.split() for line in handle]
+        if len(modules) != 1:
+            raise SystemExit('expected one module run, the interpreter ran %d times' % len(modules))
+        rss_kib, module_seconds = modules[0]
+        return PlayRun(seconds, result, int(rss_kib) / 1024.0, float(module_seconds))
 
     def ping(self):
         """The baseline: the same ansible-playbook run with only ``ansible.builtin.ping``."""
-        return self._play(PING_PLAY)[0]
+        return self._play(PING_PLAY)
 
     def realise(self, url, key, top, root):
-        """(seconds, the registered result, module peak RSS in MiB) of one realise task."""
+        """One run of the realise task (its result registered as ``realised``)."""
         return self._play(self.realise_play, dict(paths=[top], root=root, substituters=[url],
                                                   keys=[key]))
 
@@ -130,9 +141,9 @@ def nix_copy(url, key, top, root):
 
 def restore(nar, store):
     """``DECOMPRESSOR -dc FILE | tee /dev/fd/N | nix-store --restore STORE/NAME`` with
-    ``sha256sum`` reading fd N; return the SHA-256 of the NAR stream (bytes)."""
+    HASHER reading fd N; return the SHA-256 of the NAR stream (bytes)."""
     read_end, write_end = os.pipe()
-    with subprocess.Popen(['sha256sum'], stdin=read_end, stdout=subprocess.PIPE) as hasher:
+    with subprocess.Popen(HASHER, stdin=read_end, stdout=subprocess.PIPE) as hasher:
         os.close(read_end)
         decompress = subprocess.Popen([DECOMPRESSORS[nar.compression], '-dc', nar.file],
                                       stdout=subprocess.PIPE)

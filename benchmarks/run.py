@@ -22,18 +22,22 @@ that load drift affects all alike:
             loopback HTTP; task seconds = task run - ping run of the same repetition
   nix copy  nix copy --from http://... --to ROOT, with an empty narinfo cache
   floor     every NAR read from the cache directory, decompressed by xz -dc / zstd -dc,
-            hashed by sha256sum and unpacked by nix-store --restore, JOBS at a time
+            hashed by openssl dgst -sha256 (as fast as hashlib; sha256sum is about 4
+            times slower here) and unpacked by nix-store --restore, JOBS at a time
             (largest first); no database, no signature check
   library   benchmarks/realise_once.py: the library in the test virtualenv (with
             cryptography and zstandard) over loopback HTTP, as before
 
 noop: a ping run and a run of the task over a root where an untimed first run of the
-task made the whole wide closure valid, per repetition; start-up = median of (task run - ping run).
+task made the whole wide closure valid, per repetition (3 x --runs by default, as it is
+cheap); start-up = median of (task run - ping run).
 
 The first task and library result of each workload are judged by `nix-store --verify
 --check-contents`; every floor stream's SHA-256 must be its narinfo's NarHash.  Printed:
 medians of the repetitions, ratios, the module's peak RSS (ru_maxrss of the module
 process, with any process it waited for) and each target from issue #14, met or not.
+"module s" is the wall time of the module process alone (from maxrss.py): the rest of
+"task s" is the controller's share (templating, AnsiballZ, copying the module).
 """
 import argparse
 import os
@@ -74,6 +78,8 @@ def parse_args():
     parser.add_argument('--wide-paths', type=int, default=300)
     parser.add_argument('--wide-kib', type=int, default=1024)
     parser.add_argument('--large-mib', type=int, default=256)
+    parser.add_argument('--noop-runs', type=int,
+                        help='repetitions of the cheap no-op run (default 3 x --runs)')
     parser.add_argument('--only', nargs='*', choices=ALL, help='workloads to run (default: all)')
     return parser.parse_args()
 
@@ -112,8 +118,8 @@ def timed_run(run, workload, url, key, host, args):
     ping = host.ping()
 
     root = measure.fresh_root(name + '-task')
-    seconds, result, task_rss = host.realise(url, key, closure.top, root)
-    check_fetched('the task', result.registered('realised')['fetched'], closure)
+    task = host.realise(url, key, closure.top, root)
+    check_fetched('the task', task.result.registered('realised')['fetched'], closure)
     if first:
         nix.verify_store(root)
     measure.remove(root)
@@ -133,13 +139,14 @@ def timed_run(run, workload, url, key, host, args):
         nix.verify_store(root)
     measure.remove(root)
 
-    figures = dict(ping=ping, task=seconds - ping, task_rss=task_rss, nix=nix_seconds,
+    figures = dict(ping=ping.seconds, task=task.seconds - ping.seconds,
+                   module=task.module_seconds, task_rss=task.rss, nix=nix_seconds,
                    nix_rss=nix_rss, floor=floor_seconds, library=library_seconds,
                    library_rss=library_rss)
-    print('  %-14s run %d: ping %5.2f  task %6.2f (%5.1f MiB)  nix copy %6.2f  floor %6.2f  '
-          'library %6.2f (%5.1f MiB)' % (name, run + 1, ping, figures['task'], task_rss,
-                                         nix_seconds, floor_seconds, library_seconds,
-                                         library_rss), flush=True)
+    print('  %-14s run %d: ping %5.2f  task %6.2f (module %6.2f, %5.1f MiB)  nix copy %6.2f  '
+          'floor %6.2f  library %6.2f (%5.1f MiB)' % (
+              name, run + 1, ping.seconds, figures['task'], task.module_seconds, task.rss,
+              nix_seconds, floor_seconds, library_seconds, library_rss), flush=True)
     return figures
 
 
@@ -153,7 +160,7 @@ def bench(workload, url, key, host, args):
     row = dict(name=workload.name, paths=len(closure.paths),
                nar_mib=closure.nar_size / workloads.MIB,
                largest_nar_mib=largest_nar(closure) / workloads.MIB)
-    for field in ('ping', 'task', 'nix', 'floor', 'library'):
+    for field in ('ping', 'task', 'module', 'nix', 'floor', 'library'):
         row[field] = median(run[field] for run in runs)
     for field in ('task_rss', 'nix_rss', 'library_rss'):
         row[field] = max(run[field] for run in runs)
@@ -165,43 +172,49 @@ def largest_nar(closure):
 
 
 def startup(workload, url, key, host, args):
-    """Median seconds of (the task over a complete store - ping), and the module's RSS."""
+    """Medians of (the task over a complete store - ping), of the module process's
+    seconds in that task and in ping; the module's largest peak RSS."""
     closure = workload.closure
     root = measure.fresh_root('noop')
     # Filled by the task itself, so that its receipts are there too.
-    check_fetched('the task', host.realise(url, key, closure.top, root)[1].registered(
+    check_fetched('the task', host.realise(url, key, closure.top, root).result.registered(
         'realised')['fetched'], closure)
-    differences, rss = [], []
+    differences, modules, pings, rss = [], [], [], []
     print('noop: the task over the %d valid paths of %s' % (len(closure.paths), workload.name),
           flush=True)
-    for run in range(args.runs):
+    for run in range(args.noop_runs or 3 * args.runs):
         ping = host.ping()
-        seconds, result, task_rss = host.realise(url, key, closure.top, root)
-        if result.registered('realised')['fetched'] or result.registered('realised')['changed']:
+        task = host.realise(url, key, closure.top, root)
+        registered = task.result.registered('realised')
+        if registered['fetched'] or registered['changed']:
             raise SystemExit('the no-op task changed the store')
-        differences.append(seconds - ping)
-        rss.append(task_rss)
-        print('  noop           run %d: ping %5.2f  task %6.2f (%5.1f MiB)'
-              % (run + 1, ping, differences[-1], task_rss), flush=True)
+        differences.append(task.seconds - ping.seconds)
+        modules.append(task.module_seconds)
+        pings.append(ping.module_seconds)
+        rss.append(task.rss)
+        print('  noop           run %d: ping %5.2f  task %6.2f (module %5.3f, ping module %5.3f, '
+              '%5.1f MiB)' % (run + 1, ping.seconds, differences[-1], task.module_seconds,
+                              ping.module_seconds, task.rss), flush=True)
     measure.remove(root)
-    return median(differences), max(rss)
+    return dict(startup=median(differences), module=median(modules), ping_module=median(pings),
+                rss=max(rss))
 
 
 def verdict(value, target, unit=''):
     """``value`` beside ``<= target`` and whether it is met ("-" without a target)."""
     if target is None:
         return '%s%s' % (value, unit)
-    return '%s%s (<=%s%s %s)' % (value, unit, target, unit, 'ok' if float(value) <= target else 'MISSED')
+    return '%s%s (<=%g%s %s)' % (value, unit, target, unit, 'ok' if float(value) <= target else 'MISSED')
 
 
 def print_table(rows):
-    header = ('workload', 'paths', 'NAR MiB', 'task s', 'nix copy s', 'floor s', 'library s',
+    header = ('workload', 'paths', 'NAR MiB', 'task s', 'module s', 'nix copy s', 'floor s', 'library s',
               'task/nix', 'task/floor', 'module RSS MiB')
     lines = [header]
     for r in rows:
         targets = TARGETS[r['name']]
         lines.append((r['name'], '%d' % r['paths'], '%.0f' % r['nar_mib'], '%.2f' % r['task'],
-                      '%.2f' % r['nix'], '%.2f' % r['floor'], '%.2f' % r['library'],
+                      '%.2f' % r['module'], '%.2f' % r['nix'], '%.2f' % r['floor'], '%.2f' % r['library'],
                       verdict('%.2f' % (r['task'] / r['nix']), targets.get('nix'), 'x'),
                       verdict('%.2f' % (r['task'] / r['floor']), targets.get('floor'), 'x'),
                       verdict('%.0f' % r['task_rss'], RSS_TARGET_MIB)))
@@ -231,9 +244,10 @@ def print_report(rows, noop, host, args):
         print_table(rows)
         print_flatness(rows)
     if noop is not None:
-        seconds, rss = noop
-        print('module start-up (no-op task over a complete store - ping): %s, module RSS %.0f MiB'
-              % (verdict('%.3f' % seconds, STARTUP_TARGET_S, ' s'), rss))
+        print('module start-up (no-op task over a complete store - ping): %s; the module process '
+              'took %.3f s (ping\'s %.3f s), module RSS %.0f MiB' % (
+                  verdict('%.3f' % noop['startup'], STARTUP_TARGET_S, ' s'), noop['module'],
+                  noop['ping_module'], noop['rss']))
     print('(medians of %d alternating runs, %d jobs; task = ansible-playbook with the task - '
           'the same with only ping, local connection, module Python %s)'
           % (args.runs, args.jobs, host.python))
