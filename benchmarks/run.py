@@ -41,8 +41,8 @@ process, with any process it waited for) and each target from issue #14, met or 
 """
 import argparse
 import os
-import statistics
 import sys
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -106,10 +106,6 @@ def build_workloads(names, args):
 def check_fetched(what, fetched, closure):
     if sorted(fetched) != sorted(closure.paths):
         raise SystemExit('%s fetched the wrong paths: %s' % (what, sorted(fetched)))
-
-
-def median(values):
-    return statistics.median(values)
 
 
 def timed_run(run, workload, url, key, host, args):
