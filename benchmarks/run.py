@@ -153,7 +153,8 @@ def bench(workload, url, key, host, args):
           % (workload.name, len(closure.paths), closure.nar_size / workloads.MIB,
              largest_nar(closure) / workloads.MIB), flush=True)
     runs = [timed_run(run, workload, url, key, host, args) for run in range(args.runs)]
-    row = dict(name=workload.name, paths=len(closure.paths),
+    row = dict(name=workload.name, compression=os.path.basename(workload.cache_dir),
+               paths=len(closure.paths),
                nar_mib=closure.nar_size / workloads.MIB,
                largest_nar_mib=largest_nar(closure) / workloads.MIB)
     for field in ('ping', 'task', 'module', 'nix', 'floor', 'library'):
@@ -221,17 +222,20 @@ def print_table(rows):
 
 
 def print_flatness(rows):
-    """Peak RSS of the module on the largest NAR against the workload of smallest NARs."""
-    if len(rows) < 2:
-        return
-    large = max(rows, key=lambda r: r['largest_nar_mib'])
-    small = min(rows, key=lambda r: r['largest_nar_mib'])
-    growth = large['task_rss'] - small['task_rss']
-    print('peak RSS flat in NAR size: %.0f MiB with a %.0f MiB NAR (%s), %.0f MiB with NARs of '
-          'at most %.1f MiB (%s): %s' % (
-              large['task_rss'], large['largest_nar_mib'], large['name'], small['task_rss'],
-              small['largest_nar_mib'], small['name'],
-              verdict('%+.0f' % growth, FLAT_MARGIN_MIB, ' MiB')))
+    """Peak RSS of the module on the largest NAR against the workload of smallest NARs,
+    for each compression (an xz decoder needs more memory than a zstd one)."""
+    for compression in sorted({r['compression'] for r in rows}):
+        alike = [r for r in rows if r['compression'] == compression]
+        large = max(alike, key=lambda r: r['largest_nar_mib'])
+        small = min(alike, key=lambda r: r['largest_nar_mib'])
+        if small['largest_nar_mib'] == large['largest_nar_mib']:
+            continue
+        growth = large['task_rss'] - small['task_rss']
+        print('peak RSS flat in NAR size (%s): %.0f MiB with a %.0f MiB NAR (%s), %.0f MiB with '
+              'NARs of at most %.1f MiB (%s): %s' % (
+                  compression, large['task_rss'], large['largest_nar_mib'], large['name'],
+                  small['task_rss'], small['largest_nar_mib'], small['name'],
+                  verdict('%+.0f' % growth, FLAT_MARGIN_MIB, ' MiB')))
 
 
 def print_report(rows, noop, host, args):
