@@ -198,7 +198,7 @@ def startup(workload, url, key, host, args):
 
 
 def verdict(value, target, unit=''):
-    """``value`` beside ``<= target`` and whether it is met ("-" without a target)."""
+    """``value`` beside ``<= target`` and whether it is met (the bare value without a target)."""
     if target is None:
         return '%s%s' % (value, unit)
     return '%s%s (<=%g%s %s)' % (value, unit, target, unit, 'ok' if float(value) <= target else 'MISSED')
