@@ -10,6 +10,7 @@ VENV ?= .venv
 VENV_BIN := $(VENV)/bin
 PYTEST := $(VENV_BIN)/python -m pytest
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -38,7 +39,8 @@ help:
 	@echo 'make lint         ruff and ansible-lint'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
-	@echo 'make bench        timings against nix copy'
+	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
+	@echo '                  the library (BENCH_ARGS="--runs 1 --wide-paths 30" for a quick run)'
 	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
 
 deps:
@@ -108,8 +110,8 @@ test: deps venv
 demo: deps venv
 	$(VENV_BIN)/python tests/demo.py
 
-bench: venv
-	$(VENV_BIN)/python benchmarks/run.py
+bench: deps venv
+	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,232 +1,281 @@
-"""`make bench`: the realiser against `nix copy`, on the same machine and the same caches.
+"""`make bench`: the realise task as users see it, beside `nix copy`, a floor of C tools
+and the library alone, on the same machine and the same caches.
 
-Three workloads, each served over loopback HTTP from a cache written and signed by real Nix:
+Workloads, each in a cache written and signed by real Nix (benchmarks/workloads.py):
 
   postgres-xz     the PostgreSQL fixture closure, xz-compressed (as most caches are)
   postgres-zstd   the same closure, zstd-compressed
-  wide-zstd       about 300 paths and 1 GiB of NAR made of this machine's real binary
-                  files (benchmarks/wide.nix); one leaf holds a quarter of it, so peak
-                  memory is measured on one large NAR too
+  wide-zstd       about 300 paths of about 1 MiB of this machine's binary files (many
+                  small NARs; --wide-paths, --wide-kib)
+  large-nar-zstd  one NAR of about 256 MiB (--large-mib): peak memory on a large NAR
+  noop            module start-up: the task over the valid wide closure
 
-For each, `realise` (the library as the module runs it, in a child process) and
-`nix copy --from http://... --to ROOT` alternate into fresh roots, RUNS times each.
-Printed: median wall seconds, the ratio, and peak RSS of each child; then the time
-the realiser spends on a no-op re-run over the valid wide closure.
+For each workload, every repetition runs these back to back, each into a fresh root, so
+that load drift affects all alike:
 
-Targets (README): <= 0.6x nix copy on xz, <= 0.5x on zstd and on the wide closure,
-peak RSS <= 64 MB and flat as NAR size grows, no-op re-run of 300 paths <= 0.3 s.
+  ping      ansible-playbook (the test virtualenv's) of one play without fact gathering
+            whose only task is ansible.builtin.ping, on localhost with
+            ansible_connection=local; the module Python is /usr/bin/python3 in a
+            virtualenv without pip or site packages (no cryptography, no zstandard: zstd
+            goes through the zstd program), behind benchmarks/maxrss.py
+  task      the same run with the nixcache.closure.realise task instead of ping, over
+            loopback HTTP; task seconds = task run - ping run of the same repetition
+  nix copy  nix copy --from http://... --to ROOT, with an empty narinfo cache
+  floor     every NAR read from the cache directory, decompressed by xz -dc / zstd -dc,
+            hashed by openssl dgst -sha256 (as fast as hashlib; sha256sum is about 4
+            times slower here) and unpacked by nix-store --restore, JOBS at a time
+            (largest first); no database, no signature check
+  library   benchmarks/realise_once.py: the library in the test virtualenv (with
+            cryptography and zstandard) over loopback HTTP, as before
+
+noop: a ping run and a run of the task over a root where an untimed first run of the
+task made the whole wide closure valid, per repetition (3 x --runs by default, as it is
+cheap); start-up = median of (task run - ping run).
+
+The first task and library result of each workload are judged by `nix-store --verify
+--check-contents`; every floor stream's SHA-256 must be its narinfo's NarHash.  Printed:
+medians of the repetitions, ratios, the module's peak RSS (ru_maxrss of the module
+process, with any process it waited for) and each target from issue #14, met or not.
+"module s" is the wall time of the module process alone (from maxrss.py): the rest of
+"task s" is the controller's share (templating, AnsiballZ, copying the module).
 """
 import argparse
-import json
 import os
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, REPO)  # first: the repository's conftest links the collection
 
-import conftest  # noqa: E402  (links the collection under build/collections)
+import conftest  # noqa: E402,F401  (links the collection under build/collections)
+import measure  # noqa: E402
+import workloads  # noqa: E402
 from nixtest import fixtures, nix  # noqa: E402
 from nixtest.http import CacheServer  # noqa: E402
 
-BENCH_DIR = os.path.join(conftest.REPO, 'build', 'bench')
-SOURCES = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/bin', '/usr/lib/jvm',
-           '/usr/lib/gcc', '/usr/libexec', '/usr/lib']
-MIB = 1024.0 * 1024.0
+DEFAULT_JOBS = 4  # the realise module's default
+TIMED = ('postgres-xz', 'postgres-zstd', 'wide-zstd', 'large-nar-zstd')
+ALL = TIMED + ('noop',)
+# Issue #14: task seconds at most this many times nix copy's / the floor's.
+TARGETS = {'postgres-xz': dict(nix=0.7, floor=1.3),
+           'postgres-zstd': dict(nix=0.9, floor=1.3),
+           'wide-zstd': dict(nix=0.6, floor=1.3),
+           'large-nar-zstd': {}}  # there for peak memory
+RSS_TARGET_MIB = 64.0
+FLAT_MARGIN_MIB = 8.0  # "flat": RSS on the large NAR at most this above RSS on small NARs
+STARTUP_TARGET_S = 0.15
 
 
-def real_binary_files(total_bytes):
-    """Regular files of 4 KiB to 16 MiB from SOURCES, in a stable order, up to total_bytes."""
-    chosen, seen, size = [], set(), 0
-    for source in SOURCES:
-        for directory, subdirs, names in os.walk(source):
-            subdirs.sort()
-            for name in sorted(names):
-                path = os.path.join(directory, name)
-                if path in seen or os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                try:
-                    length = os.path.getsize(path)
-                    with open(path, 'rb'):
-                        pass
-                except OSError:
-                    continue
-                if not 4096 <= length <= 16 * 1024 * 1024 or any(c in path for c in '\n"$`\\'):
-                    continue
-                seen.add(path)
-                chosen.append((path, length))
-                size += length
-                if size >= total_bytes:
-                    return chosen
-    return chosen
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--runs', type=int, default=3, help='repetitions (default 3)')
+    parser.add_argument('--jobs', type=int, default=DEFAULT_JOBS,
+                        help='parallel NARs for the task, the floor and the library '
+                             '(default %d, the module default)' % DEFAULT_JOBS)
+    parser.add_argument('--wide-paths', type=int, default=300)
+    parser.add_argument('--wide-kib', type=int, default=1024)
+    parser.add_argument('--large-mib', type=int, default=256)
+    parser.add_argument('--noop-runs', type=int,
+                        help='repetitions of the cheap no-op run (default 3 x --runs)')
+    parser.add_argument('--only', nargs='*', choices=ALL, help='workloads to run (default: all)')
+    return parser.parse_args()
 
 
-def wide_groups(files, count):
-    """``count`` non-empty lists of files: the first holds about a quarter of the bytes,
-    the others share the rest round-robin."""
-    total = sum(length for _path, length in files)
-    first, rest, size = [], [], 0
-    for path, length in files:
-        if size < total / 4.0:
-            first.append(path)
-            size += length
-        else:
-            rest.append(path)
-    if len(rest) < count - 1:
-        raise SystemExit('only %d files found for %d paths' % (len(rest), count - 1))
-    return [first] + [rest[start::count - 1] for start in range(count - 1)]
+def build_workloads(names, args):
+    """The Workloads of ``names`` (building only the closures they need)."""
+    keys = fixtures.keys()
+    found = {}
+    if {'postgres-xz', 'postgres-zstd'} & names:
+        postgres = fixtures.pg_closure('a')
+        for compression in ('xz', 'zstd'):
+            found['postgres-' + compression] = workloads.cached(
+                'postgres-' + compression, postgres, keys, 'caches-pg', compression)
+    if {'wide-zstd', 'noop'} & names:
+        wide = workloads.wide_closure(args.wide_paths, args.wide_kib)
+        found['wide-zstd'] = workloads.cached('wide-zstd', wide, keys, 'caches-wide', 'zstd')
+    if 'large-nar-zstd' in names:
+        large = workloads.large_closure(args.large_mib)
+        found['large-nar-zstd'] = workloads.cached('large-nar-zstd', large, keys, 'caches-large',
+                                                   'zstd')
+    return keys.trusted.public, found
 
 
-def wide_closure(total_bytes, count):
-    os.makedirs(BENCH_DIR, exist_ok=True)
-    list_file = os.path.join(BENCH_DIR, 'wide-files.json')
-    groups = wide_groups(real_binary_files(total_bytes), count)
-    text = json.dumps(groups, indent=0)
-    if not os.path.exists(list_file) or open(list_file).read() != text:
-        with open(list_file, 'w') as handle:
-            handle.write(text)
-    top = nix.build(os.path.join(HERE, 'wide.nix'), {'listFile': list_file})[0]
-    paths = nix.closure([top])
-    return fixtures.Closure('wide', top, paths, nix.path_info(None, paths, recursive=False))
+def check_fetched(what, fetched, closure):
+    if sorted(fetched) != sorted(closure.paths):
+        raise SystemExit('%s fetched the wrong paths: %s' % (what, sorted(fetched)))
 
 
-def run_child(command, env=None):
-    """Run a command; (wall seconds, peak RSS in MiB, stdout)."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        _pid, status, usage = os.wait4(process.pid, 0)
-        seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if process.returncode != 0:
-            raise SystemExit('%s failed:\n%s' % (' '.join(command), err.read().decode()[-4000:]))
-        return seconds, usage.ru_maxrss / 1024.0, out.read().decode()
+def timed_run(run, workload, url, key, host, args):
+    """One repetition of ping, task, nix copy, floor and library; a dict of figures."""
+    closure, name, first = workload.closure, workload.name, run == 0
+    ping = host.ping()
+
+    root = measure.fresh_root(name + '-task')
+    task = host.realise(url, key, closure.top, root)
+    check_fetched('the task', task.result.registered('realised')['fetched'], closure)
+    if first:
+        nix.verify_store(root)
+    measure.remove(root)
+
+    root = measure.fresh_root(name + '-nix')
+    nix_seconds, nix_rss = measure.nix_copy(url, key, closure.top, root)
+    measure.remove(root)
+
+    root = measure.fresh_root(name + '-floor')
+    floor_seconds = measure.floor(workloads.nars(workload), root, args.jobs)
+    measure.remove(root)
+
+    root = measure.fresh_root(name + '-library')
+    library_seconds, library_rss, report = measure.library(url, key, closure.top, root, args.jobs)
+    check_fetched('the library', report['fetched'], closure)
+    if first:
+        nix.verify_store(root)
+    measure.remove(root)
+
+    figures = dict(ping=ping.seconds, task=task.seconds - ping.seconds,
+                   module=task.module_seconds, task_rss=task.rss, nix=nix_seconds,
+                   nix_rss=nix_rss, floor=floor_seconds, library=library_seconds,
+                   library_rss=library_rss)
+    print('  %-14s run %d: ping %5.2f  task %6.2f (module %6.2f, %5.1f MiB)  nix copy %6.2f  '
+          'floor %6.2f  library %6.2f (%5.1f MiB)' % (
+              name, run + 1, ping.seconds, figures['task'], task.module_seconds, task.rss,
+              nix_seconds, floor_seconds, library_seconds, library_rss), flush=True)
+    return figures
 
 
-def fresh_root(name):
-    root = os.path.join(BENCH_DIR, 'roots', name)
-    remove(root)
-    os.makedirs(root)
-    return root
+def bench(workload, url, key, host, args):
+    """The medians (peak RSS: the largest) of ``args.runs`` repetitions of one workload."""
+    closure = workload.closure
+    print('%s: %d paths, %.0f MiB of NAR, the largest %.0f MiB'
+          % (workload.name, len(closure.paths), closure.nar_size / workloads.MIB,
+             largest_nar(closure) / workloads.MIB), flush=True)
+    runs = [timed_run(run, workload, url, key, host, args) for run in range(args.runs)]
+    row = dict(name=workload.name, compression=os.path.basename(workload.cache_dir),
+               paths=len(closure.paths),
+               nar_mib=closure.nar_size / workloads.MIB,
+               largest_nar_mib=largest_nar(closure) / workloads.MIB)
+    for field in ('ping', 'task', 'module', 'nix', 'floor', 'library'):
+        row[field] = median(run[field] for run in runs)
+    for field in ('task_rss', 'nix_rss', 'library_rss'):
+        row[field] = max(run[field] for run in runs)
+    return row
 
 
-def remove(path):
-    if os.path.lexists(path):
-        subprocess.run(['chmod', '-R', 'u+w', path], check=False)
-        shutil.rmtree(path)
+def largest_nar(closure):
+    return max(info['narSize'] for info in closure.infos.values())
 
 
-def ours(url, key, top, root, jobs):
-    command = [sys.executable, os.path.join(HERE, 'realise_once.py'), '--root', root,
-               '--cache', url, '--key', key, '--jobs', str(jobs), top]
-    seconds, rss, out = run_child(command)
-    return seconds, rss, json.loads(out)
+def startup(workload, url, key, host, args):
+    """Medians of (the task over a complete store - ping), of the module process's
+    seconds in that task and in ping; the module's largest peak RSS."""
+    closure = workload.closure
+    root = measure.fresh_root('noop')
+    # Filled by the task itself, so that its receipts are there too.
+    check_fetched('the task', host.realise(url, key, closure.top, root).result.registered(
+        'realised')['fetched'], closure)
+    differences, modules, pings, rss = [], [], [], []
+    print('noop: the task over the %d valid paths of %s' % (len(closure.paths), workload.name),
+          flush=True)
+    for run in range(args.noop_runs or 3 * args.runs):
+        ping = host.ping()
+        task = host.realise(url, key, closure.top, root)
+        registered = task.result.registered('realised')
+        if registered['fetched'] or registered['changed']:
+            raise SystemExit('the no-op task changed the store')
+        differences.append(task.seconds - ping.seconds)
+        modules.append(task.module_seconds)
+        pings.append(ping.module_seconds)
+        rss.append(task.rss)
+        print('  noop           run %d: ping %5.2f  task %6.2f (module %5.3f, ping module %5.3f, '
+              '%5.1f MiB)' % (run + 1, ping.seconds, differences[-1], task.module_seconds,
+                              ping.module_seconds, task.rss), flush=True)
+    measure.remove(root)
+    return dict(startup=median(differences), module=median(modules), ping_module=median(pings),
+                rss=max(rss))
 
 
-def nix_copy(url, key, top, root):
-    cache_home = tempfile.mkdtemp(prefix='nix-cache-home-')  # no narinfo cache between runs
-    try:
-        env = nix.env({'XDG_CACHE_HOME': cache_home})
-        command = ['nix', 'copy', '--from', url, '--to', root,
-                   '--option', 'trusted-public-keys', key, top]
-        seconds, rss, _out = run_child(command, env)
-        return seconds, rss
-    finally:
-        shutil.rmtree(cache_home, ignore_errors=True)
+def verdict(value, target, unit=''):
+    """``value`` beside ``<= target`` and whether it is met (the bare value without a target)."""
+    if target is None:
+        return '%s%s' % (value, unit)
+    return '%s%s (<=%g%s %s)' % (value, unit, target, unit, 'ok' if float(value) <= target else 'MISSED')
 
 
-def bench(name, url, key, closure, runs, jobs):
-    ours_times, ours_rss, nix_times, nix_rss = [], [], [], []
-    for run in range(runs):
-        root = fresh_root(name + '-ours')
-        seconds, rss, report = ours(url, key, closure.top, root, jobs)
-        assert sorted(report['fetched']) == sorted(closure.paths), 'realise fetched the wrong paths'
-        if run == 0:  # judge the result once with real Nix
-            nix.verify_store(root)
-        ours_times.append(seconds)
-        ours_rss.append(rss)
-        remove(root)
-        root = fresh_root(name + '-nix')
-        seconds, rss = nix_copy(url, key, closure.top, root)
-        nix_times.append(seconds)
-        nix_rss.append(rss)
-        remove(root)
-        print('  %-14s run %d: realise %6.2f s %5.1f MiB   nix copy %6.2f s %5.1f MiB'
-              % (name, run + 1, ours_times[-1], ours_rss[-1], nix_times[-1], nix_rss[-1]),
-              flush=True)
-    return dict(name=name, paths=len(closure.paths), nar_mib=closure.nar_size / MIB,
-                ours=statistics.median(ours_times), nix=statistics.median(nix_times),
-                ours_rss=max(ours_rss), nix_rss=max(nix_rss))
+def print_table(rows):
+    header = ('workload', 'paths', 'NAR MiB', 'task s', 'module s', 'nix copy s', 'floor s', 'library s',
+              'task/nix', 'task/floor', 'module RSS MiB')
+    lines = [header]
+    for r in rows:
+        targets = TARGETS[r['name']]
+        lines.append((r['name'], '%d' % r['paths'], '%.0f' % r['nar_mib'], '%.2f' % r['task'],
+                      '%.2f' % r['module'], '%.2f' % r['nix'], '%.2f' % r['floor'], '%.2f' % r['library'],
+                      verdict('%.2f' % (r['task'] / r['nix']), targets.get('nix'), 'x'),
+                      verdict('%.2f' % (r['task'] / r['floor']), targets.get('floor'), 'x'),
+                      verdict('%.0f' % r['task_rss'], RSS_TARGET_MIB)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print('  '.join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths))))
 
 
-def noop_rerun(url, key, closure, jobs, runs):
-    """Seconds the realiser spends (inside the module) when the whole closure is valid."""
-    root = fresh_root('noop')
-    ours(url, key, closure.top, root, jobs)
-    times = []
-    for _run in range(runs):
-        _seconds, _rss, report = ours(url, key, closure.top, root, jobs)
-        assert report['fetched'] == []
-        times.append(report['seconds'])
-    remove(root)
-    return statistics.median(times)
+def print_flatness(rows):
+    """Peak RSS of the module on the largest NAR against the workload of smallest NARs,
+    for each compression (an xz decoder needs more memory than a zstd one)."""
+    for compression in sorted({r['compression'] for r in rows}):
+        alike = [r for r in rows if r['compression'] == compression]
+        large = max(alike, key=lambda r: r['largest_nar_mib'])
+        small = min(alike, key=lambda r: r['largest_nar_mib'])
+        if small['largest_nar_mib'] == large['largest_nar_mib']:
+            continue
+        growth = large['task_rss'] - small['task_rss']
+        print('peak RSS flat in NAR size (%s): %.0f MiB with a %.0f MiB NAR (%s), %.0f MiB with '
+              'NARs of at most %.1f MiB (%s): %s' % (
+                  compression, large['task_rss'], large['largest_nar_mib'], large['name'],
+                  small['task_rss'], small['largest_nar_mib'], small['name'],
+                  verdict('%+.0f' % growth, FLAT_MARGIN_MIB, ' MiB')))
+
+
+def print_report(rows, noop, host, args):
+    print()
+    if rows:
+        print_table(rows)
+        print_flatness(rows)
+    if noop is not None:
+        print('module start-up (no-op task over a complete store - ping): %s; the module process '
+              'took %.3f s (ping\'s %.3f s), module RSS %.0f MiB' % (
+                  verdict('%.3f' % noop['startup'], STARTUP_TARGET_S, ' s'), noop['module'],
+                  noop['ping_module'], noop['rss']))
+    print('(medians of %d alternating runs, %d jobs; task = ansible-playbook with the task - '
+          'the same with only ping, local connection, module Python %s)'
+          % (args.runs, args.jobs, host.python))
+    if rows:
+        print('(peak RSS of the library in the virtualenv: %s MiB; of nix copy: %s MiB)' % (
+            ', '.join('%.0f' % r['library_rss'] for r in rows),
+            ', '.join('%.0f' % r['nix_rss'] for r in rows)))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--runs', type=int, default=3)
-    parser.add_argument('--jobs', type=int, default=4, help='realise jobs (the module default)')
-    parser.add_argument('--wide-mib', type=int, default=1024)
-    parser.add_argument('--wide-paths', type=int, default=300)
-    parser.add_argument('--only', nargs='*', help='workloads to run (default: all)')
-    args = parser.parse_args()
-
-    print('building fixtures (once; kept under build/)', flush=True)
-    keys = fixtures.keys()
-    postgres = fixtures.pg_closure('a')
-    fixtures.caches(keys, [postgres], root=os.path.join(BENCH_DIR, 'caches-pg'),
-                    compressions=('xz', 'zstd'))
-    wide = wide_closure(args.wide_mib * 1024 * 1024, args.wide_paths)
-    fixtures.caches(keys, [wide], root=os.path.join(BENCH_DIR, 'caches-wide'),
-                    compressions=('zstd',))
-    key = keys.trusted.public
-    results = []
-    with CacheServer(BENCH_DIR) as server:
-        workloads = [('postgres-xz', 'caches-pg/xz', postgres),
-                     ('postgres-zstd', 'caches-pg/zstd', postgres),
-                     ('wide-zstd', 'caches-wide/zstd', wide)]
-        for name, relative, closure in workloads:
-            if args.only and name not in args.only:
-                continue
-            print('%s: %d paths, %.0f MiB of NAR' % (name, len(closure.paths),
-                                                     closure.nar_size / MIB), flush=True)
-            results.append(bench(name, server.url_for(relative), key, closure, args.runs, args.jobs))
-        noop = None
-        if not args.only or 'noop' in args.only:
-            noop = noop_rerun(server.url_for('caches-wide/zstd'), key, wide, args.jobs, args.runs)
-    remove(os.path.join(BENCH_DIR, 'roots'))
-
-    print()
-    print('%-14s %6s %9s %11s %11s %7s %12s %12s' % (
-        'workload', 'paths', 'NAR MiB', 'realise s', 'nix copy s', 'ratio', 'realise RSS',
-        'nix RSS'))
-    for r in results:
-        print('%-14s %6d %9.0f %11.2f %11.2f %6.2fx %8.1f MiB %8.1f MiB' % (
-            r['name'], r['paths'], r['nar_mib'], r['ours'], r['nix'], r['ours'] / r['nix'],
-            r['ours_rss'], r['nix_rss']))
-    if noop is not None:
-        print('no-op re-run over the %d valid paths of the wide closure: %.3f s inside the realiser'
-              % (len(wide.paths), noop))
-    print('(medians of %d alternating runs; RSS is the peak of each child process)' % args.runs)
+    args = parse_args()
+    names = set(args.only or ALL)
+    print('building fixtures (once; kept under build/bench)', flush=True)
+    key, found = build_workloads(names, args)
+    host = measure.Host(args.jobs)
+    print('module Python: %s (%s), standard library only; maxrss.py adds %.1f ms per module run'
+          % (host.python, os.path.realpath(host.python), host.wrapper_overhead() * 1000), flush=True)
+    rows, noop = [], None
+    with CacheServer(workloads.BENCH_DIR) as server:
+        for name in TIMED:
+            if name in names:
+                workload = found[name]
+                rows.append(bench(workload, server.url_for(workload.cache_dir), key, host, args))
+        if 'noop' in names:
+            workload = found['wide-zstd']
+            noop = startup(workload, server.url_for(workload.cache_dir), key, host, args)
+    measure.remove(os.path.join(workloads.BENCH_DIR, 'roots'))
+    print_report(rows, noop, host, args)
 
 
 if __name__ == '__main__':

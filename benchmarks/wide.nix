@@ -1,8 +1,10 @@
-# A wide closure for the benchmark: about 300 store paths holding real binary files of
-# this machine (libraries, programs, JARs), listed by benchmarks/run.py in `listFile`
-# (JSON: one list of absolute file paths per leaf).  Every tenth leaf starts a chain:
-# leaf i refers to leaf i-1 inside its group of ten, so the closure has some depth.
-{ listFile }:
+# A closure for the benchmark made of real binary files of this machine (libraries,
+# programs, JARs), listed by benchmarks/run.py in `listFile` (JSON: one list of absolute
+# file paths per leaf): one leaf per list and a top path referring to every leaf.  Every
+# tenth leaf starts a chain: leaf i refers to leaf i-1 inside its group of ten, so the
+# closure has some depth.  `name` tells closures apart (the wide one: about 300 leaves of
+# about 1 MiB; the large-NAR one: a single leaf of a few hundred MiB).
+{ listFile, name ? "wide" }:
 let
   groups = builtins.fromJSON (builtins.readFile listFile);
   count = builtins.length groups;
@@ -15,7 +17,7 @@ let
   } // attrs);
   leaf = i:
     let previous = if i - (i / 10) * 10 == 0 then "" else "${leaf (i - 1)}";
-    in mk "wide-leaf-${toString i}" {
+    in mk "${name}-leaf-${toString i}" {
       files = builtins.concatStringsSep "\n" (builtins.elemAt groups i) + "\n";
       passAsFile = [ "files" ];
     } ''
@@ -28,7 +30,7 @@ let
       printf '%s\n' "${previous}" > $out/previous
     '';
   leaves = builtins.genList leaf count;
-in mk "wide-top" { } ''
+in mk "${name}-top" { } ''
   mkdir -p $out
   printf '%s\n' ${builtins.concatStringsSep " " (map toString leaves)} > $out/leaves
 ''
