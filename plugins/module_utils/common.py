@@ -10,6 +10,7 @@ same way, and turns library errors into one failure shape.
 
 import contextlib
 import os
+import threading
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ansible.module_utils.basic import missing_required_lib
@@ -74,9 +75,10 @@ def caches_from_options(options: Dict[str, Any], root: str = '/', store_dir: str
 
     Options left empty are taken from ``ROOT/etc/nix/nix.conf`` unless ``use_nix_conf``
     is off, as a Nix on that host would configure itself.  With ``probe``, each cache's
-    ``nix-cache-info`` is read once: a cache for another store directory is refused, and
-    caches taken from nix.conf are ordered by their Priority (lower first), as Nix does;
-    caches the user listed keep the user's order.
+    ``nix-cache-info`` is read once, when the caches are first used (see ProbedCaches):
+    a cache for another store directory is refused, and caches taken from nix.conf are
+    ordered by their Priority (lower first), as Nix does; caches the user listed keep the
+    user's order.
     """
     urls = [url for url in options.get('substituters') or [] if url]
     user_ordered = bool(urls)
@@ -94,7 +96,7 @@ def caches_from_options(options: Dict[str, Any], root: str = '/', store_dir: str
     caches = [make_substituter(url, cache_options, store_dir) for url in urls]
     trusted = TrustedKeys(keys)
     if probe:
-        caches = probe_caches(caches, store_dir, by_priority=not user_ordered)
+        caches = ProbedCaches(caches, store_dir, by_priority=not user_ordered)
     return caches, trusted
 
 
@@ -137,6 +139,34 @@ def probe_caches(caches: Sequence[Any], store_dir: str = STORE_DIR, by_priority:
         caches = sorted(caches, key=lambda cache: cache.priority() if not cache.unavailable
                         else DEFAULT_PRIORITY)
     return caches
+
+
+class ProbedCaches(object):
+    """A sequence of caches probed (``probe_caches``) the first time it is used, so that
+    a run that finds every path valid asks no cache anything."""
+
+    def __init__(self, caches: Sequence[Any], store_dir: str = STORE_DIR, by_priority: bool = False) -> None:
+        self._unprobed = list(caches)
+        self._store_dir = store_dir
+        self._by_priority = by_priority
+        self._probed = None
+        self._lock = threading.Lock()
+
+    def _caches(self):
+        with self._lock:   # planner threads may need them at once: one probe
+            if self._probed is None:
+                self._probed = list(probe_caches(self._unprobed, self._store_dir,
+                                                 self._by_priority))
+            return self._probed
+
+    def __iter__(self):
+        return iter(self._caches())
+
+    def __len__(self):
+        return len(self._caches())
+
+    def __getitem__(self, index):
+        return self._caches()[index]
 
 
 def parse_store_paths(texts: Iterable[str], store_dir: str = STORE_DIR) -> List[Any]:

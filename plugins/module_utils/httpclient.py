@@ -16,6 +16,7 @@ run that finds everything in place does not pay for them.
 """
 
 import base64
+import sys
 import threading
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote, urljoin, urlsplit
@@ -262,6 +263,6 @@ class HttpClient(object):
 
 def is_certificate_error(error: BaseException) -> bool:
     """Whether an error is a failed TLS certificate check (retrying it cannot help)."""
-    import ssl
-    return isinstance(error, ssl.SSLCertVerificationError) or (
-        isinstance(error, ssl.SSLError) and 'CERTIFICATE_VERIFY_FAILED' in str(error))
+    ssl = sys.modules.get('ssl')     # a TLS error needs it loaded
+    return ssl is not None and (isinstance(error, ssl.SSLCertVerificationError) or (
+        isinstance(error, ssl.SSLError) and 'CERTIFICATE_VERIFY_FAILED' in str(error)))

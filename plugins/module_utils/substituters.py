@@ -15,6 +15,7 @@ import netrc
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from typing import Any, Dict, Iterable, Optional, Set, Tuple
@@ -607,9 +608,11 @@ def parse_cache_info(text: str) -> Dict[str, str]:
 def _is_transient(error):
     if isinstance(error, HttpStatusError):
         return error.code >= 500 or error.code in (408, 429)
-    from http.client import HTTPException   # loaded already by the request that failed
-    # refused, reset, name resolution, a body cut short (IncompleteRead), a time-out
-    return isinstance(error, (HTTPException, socket.timeout, ConnectionError, OSError))
+    http_client = sys.modules.get('http.client')   # an HTTPException needs it loaded
+    if http_client is not None and isinstance(error, http_client.HTTPException):
+        return True     # a body cut short (IncompleteRead), a malformed answer
+    # refused, reset, name resolution, a time-out
+    return isinstance(error, (socket.timeout, ConnectionError, OSError))
 
 
 def _describe(error):

@@ -6,7 +6,10 @@ import os
 import pytest
 
 from ansible_collections.nixcache.closure.plugins.module_utils import errors
-from ansible_collections.nixcache.closure.plugins.module_utils.common import caches_from_options
+from ansible_collections.nixcache.closure.plugins.module_utils.common import (
+    ProbedCaches,
+    caches_from_options,
+)
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
@@ -21,9 +24,10 @@ def realise(root, paths, **options):
     options.setdefault('use_nix_conf', False)
     options.setdefault('retries', 2)
     options.setdefault('timeout', 5)
-    caches, keys = caches_from_options(options, root=str(root))
+    caches, keys = caches_from_options(options, root=str(root), probe=False)
     for cache in caches:
         cache.options.backoff = 0.05
+    caches = ProbedCaches(caches, by_priority=not options.get('substituters'))
     with LocalStore(root=str(root)) as store:
         return Realiser(store, caches, keys).realise([StorePath.parse(p) for p in paths]).as_dict()
 
@@ -263,6 +267,15 @@ def no_proxy_variables(monkeypatch):
                  'all_proxy', 'ALL_PROXY'):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+def test_a_run_with_every_path_valid_asks_no_cache(http_cache, caches, small_closure, alt_root):
+    options = dict(substituters=[http_cache.url_for('xz')],
+                   trusted_public_keys=[caches['xz'].public_key])
+    realise(alt_root, [small_closure.top], **options)
+    http_cache.clear_log()
+    report = realise(alt_root, [small_closure.top], **options)
+    assert report['fetched'] == [] and http_cache.requests == []
 
 
 def test_requests_share_kept_alive_connections(http_cache, caches, pg_closure, alt_root):
