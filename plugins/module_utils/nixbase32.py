@@ -4,10 +4,15 @@
 """Nix's own base32: the alphabet lacks e, o, t and u, and the digest is read as one
 little-endian number whose 5-bit groups are written most significant first."""
 
+import re
+
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidHash
 
 ALPHABET = '0123456789abcdfghijklmnpqrsvwxyz'
 _VALUES = dict((char, value) for value, char in enumerate(ALPHABET))
+# a character for each group of five bits written as text ('00000' -> '0', ...)
+_GROUPS = dict((format(value, '05b'), char) for value, char in enumerate(ALPHABET))
+_GROUP = re.compile('.{5}')
 
 
 def encoded_length(size: int) -> int:
@@ -16,9 +21,9 @@ def encoded_length(size: int) -> int:
 
 
 def encode(data: bytes) -> str:
-    number = int.from_bytes(data, 'little')
-    return ''.join(ALPHABET[(number >> (5 * index)) & 31]
-                   for index in reversed(range(encoded_length(len(data)))))
+    # the number's bits, most significant first, cut into groups of five: no Python loop
+    bits = format(int.from_bytes(data, 'little'), '0%db' % (5 * encoded_length(len(data))))
+    return ''.join(map(_GROUPS.__getitem__, _GROUP.findall(bits)))
 
 
 def decode(text: str) -> bytes:

@@ -456,8 +456,10 @@ class Realiser(object):
             return [dict(path=str(path), nar_size=None, download_size=0, cache=None,
                          state='valid', signed_by=None) for path in sorted(valid)]
         entries = []
-        for path in sorted(self.store.closure(sorted(valid))):
-            info = self.store.path_info(path)
+        closure = self.store.closure(sorted(valid))
+        infos = self.store.path_infos(closure)
+        for path in sorted(closure):
+            info = infos[path]
             entries.append(dict(path=str(path), nar_size=info['nar_size'], download_size=0,
                                 cache=None, state='valid', signed_by=None))
         return entries

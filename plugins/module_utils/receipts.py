@@ -31,8 +31,10 @@ def build_receipt(store: Any, requested: Any, sources: Dict[str, str], previous:
     """The receipt of ``requested`` (a valid StorePath); ``sources`` maps path text to cache."""
     old_entries = dict((entry['path'], entry) for entry in (previous or {}).get('closure', []))
     entries = []
-    for path in sorted(store.closure([requested])):
-        info = store.path_info(path)
+    closure = store.closure([requested])
+    infos = store.path_infos(closure)
+    for path in sorted(closure):
+        info = infos[path]
         text = str(path)
         entries.append(dict(
             path=text,

@@ -272,22 +272,37 @@ class LocalStore(object):
 
     def path_info(self, store_path: StorePath) -> Optional[Dict[str, Any]]:
         """What the database says of a valid path, or None."""
-        rows = self._query('select id, hash, registrationTime, deriver, narSize, sigs, ca '
-                           'from ValidPaths where path = ?', (store_path.path(self.store_dir),))
-        if not rows:
-            return None
-        path_id, nar_hash, registered, deriver, nar_size, sigs, ca = rows[0]
-        references = self._query('select path from Refs join ValidPaths on reference = id '
-                                 'where referrer = ?', (path_id,))
-        return dict(
-            nar_hash=format_base32(parse_hash(nar_hash)),
-            nar_size=nar_size,
-            references=sorted(StorePath.parse(row[0], self.store_dir) for row in references),
-            deriver=deriver,
-            sigs=(sigs or '').split(),
-            ca=ca,
-            registration_time=registered,
-        )
+        return self.path_infos([store_path]).get(store_path)
+
+    def path_infos(self, store_paths: Iterable[StorePath]) -> Dict[StorePath, Dict[str, Any]]:
+        """``path_info`` of many paths at once, the valid ones only (two queries per 500
+        paths, however many there are)."""
+        by_text = dict((store_path.path(self.store_dir), store_path) for store_path in store_paths)
+        texts = list(by_text)
+        infos = {}
+        for start in range(0, len(texts), SQL_CHUNK):
+            chunk = texts[start:start + SQL_CHUNK]
+            marks = ','.join('?' * len(chunk))
+            references = {}
+            for referrer, reference in self._query(
+                    'select referrer, path from Refs join ValidPaths on reference = id '
+                    'where referrer in (select id from ValidPaths where path in (%s))' % marks,
+                    chunk):
+                references.setdefault(referrer, []).append(reference)
+            for path_id, text, nar_hash, registered, deriver, nar_size, sigs, ca in self._query(
+                    'select id, path, hash, registrationTime, deriver, narSize, sigs, ca '
+                    'from ValidPaths where path in (%s)' % marks, chunk):
+                infos[by_text[text]] = dict(
+                    nar_hash=format_base32(parse_hash(nar_hash)),
+                    nar_size=nar_size,
+                    references=sorted(StorePath.parse(reference, self.store_dir)
+                                      for reference in references.get(path_id, ())),
+                    deriver=deriver,
+                    sigs=(sigs or '').split(),
+                    ca=ca,
+                    registration_time=registered,
+                )
+        return infos
 
     def closure(self, store_paths: Iterable[StorePath]) -> Set[StorePath]:
         """The valid closure of valid ``store_paths`` through the Refs table."""
