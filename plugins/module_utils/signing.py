@@ -17,9 +17,9 @@ imported only when a signature is first checked, so a run that checks none pays 
 
 import base64
 import binascii
+import threading
 from typing import Any, Iterable, List, Optional
 
-from ansible_collections.nixcache.closure.plugins.module_utils import ed25519, libcrypto
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import InvalidKey, UntrustedPath
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR
@@ -29,20 +29,30 @@ SECRET_KEY_SIZE = 64
 SIGNATURE_SIZE = 64
 
 
+def _libcrypto():
+    from ansible_collections.nixcache.closure.plugins.module_utils import libcrypto
+    return libcrypto.load()
+
+
+def _ed25519():
+    from ansible_collections.nixcache.closure.plugins.module_utils import ed25519
+    return ed25519
+
+
 class LibcryptoBackend(object):
     name = 'libcrypto'
 
     @staticmethod
     def available():
-        return libcrypto.load() is not None
+        return _libcrypto() is not None
 
     @staticmethod
     def verify(public_key, signature, message):
-        return libcrypto.load().verify(public_key, signature, message)
+        return _libcrypto().verify(public_key, signature, message)
 
     @staticmethod
     def sign(seed, message):
-        return libcrypto.load().sign(seed, message)
+        return _libcrypto().sign(seed, message)
 
 
 class CryptographyBackend(object):
@@ -101,8 +111,14 @@ class NaclBackend(object):
 
 class PurePythonBackend(object):
     name = 'python'
-    verify = staticmethod(ed25519.verify)
-    sign = staticmethod(ed25519.sign)
+
+    @staticmethod
+    def verify(public_key, signature, message):
+        return _ed25519().verify(public_key, signature, message)
+
+    @staticmethod
+    def sign(seed, message):
+        return _ed25519().sign(seed, message)
 
     @staticmethod
     def available():
@@ -114,11 +130,17 @@ CANDIDATES = (LibcryptoBackend, CryptographyBackend, NaclBackend, PurePythonBack
 _available = []
 
 
+_available_lock = threading.Lock()
+
+
 def backends() -> List[Any]:
-    """The backends this interpreter can use, in order of preference (found once)."""
-    if not _available:
-        _available.extend(backend for backend in CANDIDATES if backend.available())
-    return list(_available)
+    """The backends this interpreter can use, in order of preference (found once, by
+    one thread: the planner's threads check signatures at the same time, and imports
+    racing in threads can fail)."""
+    with _available_lock:
+        if not _available:
+            _available.extend(backend for backend in CANDIDATES if backend.available())
+        return list(_available)
 
 
 def default_backend() -> Any:
@@ -180,7 +202,7 @@ class SecretKey(object):
         return key
 
     def public_key(self) -> PublicKey:
-        return PublicKey(self.name, ed25519.public_key_of(self.seed))
+        return PublicKey(self.name, _ed25519().public_key_of(self.seed))
 
     def sign(self, message: bytes, backend: Any = None) -> str:
         """A ``Sig`` value: ``<name>:<base64 signature>``."""
