@@ -16,8 +16,9 @@ that load drift affects all alike:
   ping      ansible-playbook (the test virtualenv's) of one play without fact gathering
             whose only task is ansible.builtin.ping, on localhost with
             ansible_connection=local; the module Python is /usr/bin/python3 in a
-            virtualenv without pip or site packages (no cryptography, no zstandard: zstd
-            goes through the zstd program), behind benchmarks/maxrss.py
+            virtualenv without pip or site packages (no cryptography, no zstandard:
+            signatures and zstd go through the system's libcrypto and libzstd), behind
+            benchmarks/maxrss.py
   task      the same run with the nixcache.closure.realise task instead of ping, over
             loopback HTTP; task seconds = task run - ping run of the same repetition
   nix copy  nix copy --from http://... --to ROOT, with an empty narinfo cache
@@ -35,7 +36,7 @@ cheap); start-up = median of (task run - ping run).
 The first task and library result of each workload are judged by `nix-store --verify
 --check-contents`; every floor stream's SHA-256 must be its narinfo's NarHash.  Printed:
 medians of the repetitions, ratios, the module's peak RSS (ru_maxrss of the module
-process, with any process it waited for) and each target from issue #14, met or not.
+process, with any process it waited for) and each target (TARGETS), met or not.
 "module s" is the wall time of the module process alone (from maxrss.py): the rest of
 "task s" is the controller's share (templating, AnsiballZ, copying the module).
 """
@@ -58,7 +59,7 @@ from nixtest.http import CacheServer  # noqa: E402
 DEFAULT_JOBS = 4  # the realise module's default
 TIMED = ('postgres-xz', 'postgres-zstd', 'wide-zstd', 'large-nar-zstd')
 ALL = TIMED + ('noop',)
-# Issue #14: task seconds at most this many times nix copy's / the floor's.
+# The targets: task seconds at most this many times nix copy's / the floor's.
 TARGETS = {'postgres-xz': dict(nix=0.7, floor=1.3),
            'postgres-zstd': dict(nix=0.9, floor=1.3),
            'wide-zstd': dict(nix=0.6, floor=1.3),
