@@ -14,8 +14,6 @@ NarSize the signed narinfo declares.
 
 import concurrent.futures
 import os
-import queue
-import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
@@ -37,9 +35,6 @@ from ansible_collections.nixcache.closure.plugins.module_utils.receipts import r
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
 MIB = 1024.0 * 1024.0
-# NARs at least this large are read ahead in a thread of their own (see ReadAhead);
-# smaller ones overlap enough with each other across the jobs.
-READ_AHEAD_FROM = 8 << 20
 
 
 class CountingReader(object):
@@ -67,76 +62,6 @@ class CountingReader(object):
                              'allows' % self.nar_size, expected='at most %d bytes' % self.limit,
                              found='more than %d bytes' % self.limit)
         return data
-
-
-class ReadAhead(object):
-    """Reads ``stream`` in a thread of its own, up to ``depth`` chunks ahead of the reader.
-
-    Downloading, decompressing and hashing (C code that releases the GIL) then overlap
-    with unpacking (file creation), as two stages of one pipeline; memory stays bounded
-    by ``depth`` chunks.  An error of ``stream`` is raised by the ``read`` that reaches
-    it.  ``close`` stops the thread and waits for it, so ``stream`` is no longer used
-    once it returns.
-    """
-
-    CHUNK = 1 << 18
-
-    def __init__(self, stream, depth=4):
-        self._stream = stream
-        self._chunks = queue.Queue(maxsize=depth)
-        self._stopping = threading.Event()
-        self._buffer, self._position = b'', 0
-        self._done = False
-        self._thread = threading.Thread(target=self._fill, name='nixcache-read-ahead')
-        self._thread.daemon = True
-        self._thread.start()
-
-    def _fill(self):
-        try:
-            while not self._stopping.is_set():
-                data = self._stream.read(self.CHUNK)
-                self._put(data)
-                if not data:
-                    return
-        except BaseException as error:   # handed to the reader
-            self._put(error)
-
-    def _put(self, item):
-        while not self._stopping.is_set():
-            try:
-                self._chunks.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def read(self, size=-1):
-        if self._position >= len(self._buffer):
-            if self._done:
-                return b''
-            item = self._chunks.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if not item:
-                self._done = True
-                return b''
-            self._buffer, self._position = item, 0
-        if size is None or size < 0:
-            size = len(self._buffer) - self._position
-        start = self._position
-        self._position = min(len(self._buffer), start + size)
-        if start == 0 and self._position == len(self._buffer):
-            return self._buffer
-        return self._buffer[start:self._position]
-
-    def close(self):
-        self._stopping.set()
-        while self._thread.is_alive():
-            try:   # a filler waiting for room sees the stop flag within its time-out
-                self._chunks.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self._thread.join()
 
 
 def compressed_limit(nar_size: int) -> int:
@@ -404,14 +329,7 @@ class Realiser(object):
                 decompressed = self._open_decompressed(item.narinfo.compression, counted)
                 try:   # closed at once: a decompressor process or thread stops with the NAR
                     hashed = HashingReader(decompressed)
-                    if item.narinfo.nar_size >= READ_AHEAD_FROM:
-                        ahead = ReadAhead(hashed)
-                        try:
-                            nar.unpack(ahead, temp_dir, max_size=item.narinfo.nar_size)
-                        finally:
-                            ahead.close()
-                    else:
-                        nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
+                    nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
                 finally:
                     decompressed.close()
             finally:

@@ -7,16 +7,15 @@ Substituter does, and can be told to stop answering or to serve a spoilt NAR.
 import hashlib
 import io
 import os
-import time
 
 import pytest
 
-from ansible_collections.nixcache.closure.plugins.module_utils import errors, nar, realise
+from ansible_collections.nixcache.closure.plugins.module_utils import errors, nar
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import plan_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.nixbase32 import encode
-from ansible_collections.nixcache.closure.plugins.module_utils.realise import ReadAhead, Realiser
+from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import SecretKey, TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
@@ -100,15 +99,6 @@ class FakeCache(object):
 
     def priority(self):
         return 50
-
-
-@pytest.fixture(autouse=True, params=['direct', 'read ahead'])
-def pipeline(request, monkeypatch):
-    """Every realiser test twice: NARs unpacked as they are read, and through ReadAhead
-    (which only large NARs take otherwise)."""
-    if request.param == 'read ahead':
-        monkeypatch.setattr(realise, 'READ_AHEAD_FROM', 0)
-    return request.param
 
 
 @pytest.fixture
@@ -243,54 +233,3 @@ def test_when_every_cache_fails_the_error_names_them_all(closure, store):
         Realiser(store, caches, TRUSTED).realise([closure.paths['data']])
     assert 'mem://one' in raised.value.message and 'mem://two' in raised.value.message
     assert store.valid_subset([closure.paths['data']]) == set()
-
-
-# reading ahead
-
-class Chunks(object):
-    """A stream of ``count`` numbered chunks, then optionally an error; counts reads."""
-
-    def __init__(self, count, error=None):
-        self.count, self.error, self.reads = count, error, 0
-
-    def read(self, size=-1):
-        self.reads += 1
-        if self.reads <= self.count:
-            return b'%08d' % self.reads * 1000
-        if self.error is not None:
-            raise self.error
-        return b''
-
-
-def test_read_ahead_passes_every_byte_in_order():
-    source = Chunks(50)
-    ahead = ReadAhead(source)
-    data = b''.join(iter(lambda: ahead.read(3000), b''))
-    ahead.close()
-    assert data == b''.join(b'%08d' % n * 1000 for n in range(1, 51))
-    assert ahead.read(10) == b''
-
-
-def test_read_ahead_raises_the_error_of_the_stream_where_it_happened():
-    ahead = ReadAhead(Chunks(3, error=errors.InvalidNar('cut short')))
-    received = b''
-    with pytest.raises(errors.InvalidNar, match='cut short'):
-        while True:
-            received += ahead.read(5000)
-    ahead.close()
-    assert len(received) == 3 * 8000
-
-
-def test_read_ahead_stays_bounded_and_stops_when_closed_early():
-    source = Chunks(10 ** 9)
-    ahead = ReadAhead(source, depth=2)
-    assert ahead.read(10) == b'00000001' + b'00'
-    deadline = time.monotonic() + 5
-    while source.reads < 4 and time.monotonic() < deadline:   # the filler runs ahead ...
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert source.reads <= 4                                   # ... by two chunks at most
-    ahead.close()
-    reads = source.reads
-    time.sleep(0.2)
-    assert source.reads == reads and not ahead._thread.is_alive()
