@@ -42,7 +42,7 @@ class Progress(object):
         with self._lock:
             self._state['paths_done'] += 1
             self._state['done'].append(dict(path=store_path, download_bytes=download_bytes))
-        self._write(force=True)
+        self._write()   # not at every path: the list grows, and paths can come by hundreds
 
     def remove(self) -> None:
         if self.path:
