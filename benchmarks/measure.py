@@ -184,3 +184,13 @@ def library(url, key, top, root, jobs):
                '--cache', url, '--key', key, '--jobs', str(jobs), top]
     seconds, rss, out = run_child(command)
     return seconds, rss, json.loads(out)
+
+
+def per_path(host, workload, url, key):
+    """The table of benchmarks/per_path.py, run on the module's bare Python."""
+    root = fresh_root('per-path')
+    try:
+        return run_child([host.python, os.path.join(HERE, 'per_path.py'),
+                          os.path.join(BENCH_DIR, workload.cache_dir), url, key, root])[2]
+    finally:
+        remove(root)

@@ -9,6 +9,8 @@ Workloads, each in a cache written and signed by real Nix (benchmarks/workloads.
                   small NARs; --wide-paths, --wide-kib)
   large-nar-zstd  one NAR of about 256 MiB (--large-mib): peak memory on a large NAR
   noop            module start-up: the task over the valid wide closure
+  per-path        what one path of the wide closure costs, piece by piece, now and
+                  before (benchmarks/per_path.py, on the module's Python)
 
 For each workload, every repetition runs these back to back, each into a fresh root, so
 that load drift affects all alike:
@@ -58,7 +60,7 @@ from nixtest.http import CacheServer  # noqa: E402
 
 DEFAULT_JOBS = 4  # the realise module's default
 TIMED = ('postgres-xz', 'postgres-zstd', 'wide-zstd', 'large-nar-zstd')
-ALL = TIMED + ('noop',)
+ALL = TIMED + ('noop', 'per-path')
 # The targets: task seconds at most this many times nix copy's / the floor's.
 TARGETS = {'postgres-xz': dict(nix=0.7, floor=1.3),
            'postgres-zstd': dict(nix=0.9, floor=1.3),
@@ -94,7 +96,7 @@ def build_workloads(names, args):
         for compression in ('xz', 'zstd'):
             found['postgres-' + compression] = workloads.cached(
                 'postgres-' + compression, postgres, keys, 'caches-pg', compression)
-    if {'wide-zstd', 'noop'} & names:
+    if {'wide-zstd', 'noop', 'per-path'} & names:
         wide = workloads.wide_closure(args.wide_paths, args.wide_kib)
         found['wide-zstd'] = workloads.cached('wide-zstd', wide, keys, 'caches-wide', 'zstd')
     if 'large-nar-zstd' in names:
@@ -275,8 +277,15 @@ def main():
         if 'noop' in names:
             workload = found['wide-zstd']
             noop = startup(workload, server.url_for(workload.cache_dir), key, host, args)
+        costs = None
+        if 'per-path' in names:
+            workload = found['wide-zstd']
+            costs = measure.per_path(host, workload, server.url_for(workload.cache_dir), key)
     measure.remove(os.path.join(workloads.BENCH_DIR, 'roots'))
     print_report(rows, noop, host, args)
+    if costs:
+        print()
+        print(costs.rstrip())
 
 
 if __name__ == '__main__':
