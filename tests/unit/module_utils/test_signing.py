@@ -1,6 +1,9 @@
 """Ed25519 and Nix keys: real Nix signatures, RFC 8032 vectors, and every backend agreeing."""
 import base64
 import binascii
+import os
+import subprocess
+import textwrap
 
 import pytest
 
@@ -15,6 +18,9 @@ from ansible_collections.nixcache.closure.plugins.module_utils.signing import (
 )
 
 from nixtest.vectors import NARINFO, OTHER_PUBLIC_KEY, PUBLIC_KEY, SECRET_KEY
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+COLLECTIONS = os.path.join(REPO, 'build', 'collections')
 
 # RFC 8032, section 7.1: tests 1, 2 and 3 (secret seed, public key, message, signature).
 RFC8032 = [
@@ -171,3 +177,19 @@ def test_secret_key_must_match_its_public_half():
     data[40] ^= 1
     with pytest.raises(InvalidKey):
         SecretKey.parse('%s:%s' % (name, base64.b64encode(bytes(data)).decode()))
+
+
+def test_a_bare_python_checks_signatures_with_its_own_libcrypto():
+    """The host's own Python with its standard library only (``-S``: no site packages, so
+    no cryptography whatever the machine has installed), as on a fresh machine."""
+    python = '/usr/bin/python3'
+    if not os.path.exists(python):
+        pytest.skip('needs /usr/bin/python3')
+    program = textwrap.dedent('''
+        import sys
+        sys.path.insert(0, %r)
+        from ansible_collections.nixcache.closure.plugins.module_utils import signing
+        print(' '.join(backend.name for backend in signing.backends()))
+    ''' % COLLECTIONS)
+    output = subprocess.run([python, '-S', '-c', program], check=True, stdout=subprocess.PIPE)
+    assert output.stdout.decode().split() == ['libcrypto', 'python']
