@@ -1,7 +1,7 @@
-#!/usr/bin/python3 -IS
 """A Python interpreter for the managed host that records the module's peak memory and time.
 
-benchmarks/run.py writes a copy of this file, with PYTHON and LOG filled in, and points
+benchmarks/run.py writes a copy of this file, with PYTHON and LOG filled in and the
+shebang line ``#!/usr/bin/python3 -IS`` added, and points
 ``ansible_python_interpreter`` at it.  Ansible runs it exactly as it would run PYTHON
 (same argv, stdin, stdout, stderr and environment); it runs PYTHON as a child, waits for
 it with ``os.wait4``, appends one line to LOG: the child's peak RSS in KiB

@@ -86,7 +86,7 @@ class Host:
         text = text.replace('PYTHON = None', 'PYTHON = %r' % self.python, 1)
         text = text.replace('LOG = None', 'LOG = %r' % self.log, 1)
         with open(self.interpreter, 'w') as handle:
-            handle.write(text)
+            handle.write('#!/usr/bin/python3 -IS\n' + text)
         os.chmod(self.interpreter, 0o755)
         self.inventory = 'localhost ansible_connection=local ansible_python_interpreter=%s\n' % (
             self.interpreter)

@@ -60,7 +60,8 @@ def main():
                  per_path(check(signing.PurePythonBackend), infos[:20])))
 
     nars = [os.path.join(cache_dir, info.url) for info in infos if info.compression == 'zstd']
-    library = lambda path: read_all(compression.open_decompressed('zstd', open(path, 'rb')))  # noqa: E731
+    def library(path):
+        read_all(compression.open_decompressed('zstd', open(path, 'rb')))
 
     def program(path):
         names = compression.ZSTD_LIBRARIES

@@ -288,8 +288,8 @@ def test_requests_share_kept_alive_connections(http_cache, caches, pg_closure, a
     assert http_cache.connections <= len(requests) // 2
 
 
-def test_a_connection_the_server_closed_is_replaced_without_a_retry(http_cache, caches,
-                                                                     small_closure, alt_root):
+def test_a_connection_the_server_closed_is_replaced_without_a_retry(
+        http_cache, caches, small_closure, alt_root):
     http_cache.fault('/xz/*', close=True)   # every answer ends its connection, unannounced
     realise(alt_root, [small_closure.top], substituters=[http_cache.url_for('xz')],
             trusted_public_keys=[caches['xz'].public_key], retries=0)
@@ -297,8 +297,8 @@ def test_a_connection_the_server_closed_is_replaced_without_a_retry(http_cache, 
     assert http_cache.connections == len(http_cache.requests_for('/xz/*'))
 
 
-def test_redirects_are_followed_and_credentials_stay_with_the_cache(http_cache, caches,
-                                                                     small_closure, alt_root):
+def test_redirects_are_followed_and_credentials_stay_with_the_cache(
+        http_cache, caches, small_closure, alt_root):
     with CacheServer(caches.root) as mirror:
         http_cache.require_basic_auth('nix', 's3cret')
         http_cache.fault('/xz/nar/*', redirect=mirror.url + '{path}')
