@@ -56,10 +56,12 @@ def main():
 
     def check(backend):
         return lambda info: trusted.signer_of(info.fingerprint(), info.sigs, backend)
+
     rows.append(('signature', per_path(check(signing.LibcryptoBackend), infos),
                  per_path(check(signing.PurePythonBackend), infos[:20])))
 
     nars = [os.path.join(cache_dir, info.url) for info in infos if info.compression == 'zstd']
+
     def library(path):
         read_all(compression.open_decompressed('zstd', open(path, 'rb')))
 

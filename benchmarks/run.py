@@ -52,7 +52,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, REPO)  # first: the repository's conftest links the collection
 
-import conftest  # noqa: E402,F401  pylint: disable=unused-import  (links the collection)
+# conftest links the collection under build/collections
+import conftest  # noqa: E402,F401  pylint: disable=unused-import
 import measure  # noqa: E402
 import workloads  # noqa: E402
 from nixtest import fixtures, nix  # noqa: E402
