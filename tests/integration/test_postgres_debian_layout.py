@@ -29,6 +29,7 @@ to the previous pin does too, and a closure of another major than the host's clu
 """
 import os
 import re
+import shlex
 
 import pytest
 
@@ -265,19 +266,15 @@ def snapshot(target):
 def sh(target, command, user=None):
     """Run ``command`` on the target (as ``user`` through runuser); its stripped stdout."""
     if user:
-        command = 'runuser -u %s -- sh -c %s' % (user, _quote(command))
+        command = 'runuser -u %s -- sh -c %s' % (user, shlex.quote(command))
     proc = target.run(command)
-    assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (command, proc.returncode, proc.stdout,
-                                                         proc.stderr)
+    assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (
+        command, proc.returncode, proc.stdout, proc.stderr)
     return proc.stdout.strip()
 
 
-def _quote(text):
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
 def psql(target, query, db='postgres'):
-    return sh(target, 'psql -XAtd %s -c %s' % (db, _quote(query)), user='postgres')
+    return sh(target, 'psql -XAtd %s -c %s' % (db, shlex.quote(query)), user='postgres')
 
 
 def resolved(target, path):
