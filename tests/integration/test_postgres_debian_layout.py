@@ -449,7 +449,14 @@ def test_a_new_build_of_the_major_restarts_the_cluster_and_keeps_it_and_so_does_
     pid, exe = postmaster(target)
     assert exe.startswith(pg_closure.top + '/')
 
-    upgrade = apply_role(target, pg_server, pg_closure_b.top)
+    # a dry run of the switch reports the new profile and changes nothing
+    before = snapshot(target)
+    planned = apply_role(target, pg_server, pg_closure_b.top, check=True, diff=True)
+    assert snapshot(target) == before
+    assert "Point the postgres user's profile at them" in planned.changed_tasks()
+    assert postmaster(target)[0] == pid
+
+    upgrade = apply_role(target, pg_server, pg_closure_b.top, postgres_major_version='15')
     assert 'Restart the main cluster on the new build' in upgrade.changed_tasks()
     assert 'Create the main cluster (pg_createcluster, as the package\'s installation does)' \
         not in upgrade.changed_tasks()
