@@ -473,7 +473,7 @@ def test_a_new_build_of_the_major_restarts_the_cluster_and_keeps_it_and_so_does_
     assert apply_role(target, pg_server, pg_closure.top).changed_tasks() == []
 
 
-def test_another_major_is_refused_before_anything_changes(debian_host, pg_server, pg_closure,
+def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_is_asked_for(debian_host, pg_server, pg_closure,
                                                           pg_closure_b):
     target = debian_host
     before = snapshot(target)
@@ -486,7 +486,9 @@ def test_another_major_is_refused_before_anything_changes(debian_host, pg_server
 
     # a cluster of another major on the host (as an older package would have left it)
     old = target.path('/etc/postgresql/14/main')
-    os.makedirs(old)
+    sh(target, 'install -d -o postgres -g postgres /etc/postgresql/14/main /var/lib/postgresql/14 '
+               '&& install -d -m 0700 -o postgres -g postgres /var/lib/postgresql/14/main '
+               '&& echo 14 > /var/lib/postgresql/14/main/PG_VERSION')
     with open(os.path.join(old, 'postgresql.conf'), 'w') as f:
         f.write("data_directory = '/var/lib/postgresql/14/main'\n")
     try:
@@ -504,6 +506,17 @@ def test_another_major_is_refused_before_anything_changes(debian_host, pg_server
         # asked for, the new major's cluster goes beside the old one (here: already there)
         allowed = apply_role(target, pg_server, pg_closure.top, postgres_new_cluster=True)
         assert allowed.changed_tasks() == []
+
+        # ... and, when it is not there yet, it is made beside the old one, which is left alone
+        sh(target, 'pg_dropcluster --stop 15 main')
+        made = apply_role(target, pg_server, pg_closure.top, postgres_new_cluster=True)
+        assert 'Create the main cluster (pg_createcluster, as the package\'s installation does)' \
+            in made.changed_tasks()
+        assert open(os.path.join(old, 'postgresql.conf')).read() == \
+            "data_directory = '/var/lib/postgresql/14/main'\n"
+        # the old cluster keeps port 5432, so the new one gets the next, as pg_createcluster does
+        assert re.search(r'^15 +main +5433 +online ', sh(target, 'pg_lsclusters -h'), re.M)
+        assert sh(target, 'psql --cluster 15/main -XAtd postgres -c "select 1"', user='postgres') == '1'
     finally:
-        target.run('rm -r /etc/postgresql/14', check=True)
-    assert re.match(r'^15 +main +5432 +online ', sh(target, 'pg_lsclusters -h'))
+        target.run('rm -r /etc/postgresql/14 /var/lib/postgresql/14', check=True)
+    assert re.match(r'^15 +main +\d+ +online ', sh(target, 'pg_lsclusters -h'))
