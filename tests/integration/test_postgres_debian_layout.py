@@ -473,8 +473,8 @@ def test_a_new_build_of_the_major_restarts_the_cluster_and_keeps_it_and_so_does_
     assert apply_role(target, pg_server, pg_closure.top).changed_tasks() == []
 
 
-def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_is_asked_for(debian_host, pg_server, pg_closure,
-                                                          pg_closure_b):
+def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_is_asked_for(
+        debian_host, pg_server, pg_closure, pg_closure_b):
     target = debian_host
     before = snapshot(target)
     wrong = apply_role(target, pg_server, pg_closure_b.top, ok=False, postgres_major_version='16')
