@@ -21,7 +21,14 @@ APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd xz-utils bzip2 s
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
 	qemu-user-static
 
-.PHONY: help deps venv controllers unit integration sanity lint test demo bench clean distclean
+# community.postgresql for the end-to-end test of playbooks written for Debian's packages:
+# Galaxy is out of reach in CI, so it is taken from the pinned `ansible` wheel on PyPI (only
+# that collection is unpacked, nothing is installed into the virtualenv).
+ANSIBLE_WHEEL_VERSION := 12.3.0
+ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
+COLLECTIONS_EXTRA := build/collections-extra
+
+.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
@@ -32,6 +39,7 @@ help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
 	@echo 'make venv         $(VENV) with requirements-test.txt'
 	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
+	@echo 'make collections-extra  community.postgresql (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
 	@echo 'make sanity       changelog and plugin docs lint, then ansible-test sanity under the'
@@ -83,12 +91,27 @@ $(VENV)/.installed: requirements-test.txt
 controllers:
 	tests/make-controllers
 
+collections-extra: $(COLLECTIONS_EXTRA)/.installed
+
+$(COLLECTIONS_EXTRA)/.installed: Makefile | venv
+	rm -rf $(COLLECTIONS_EXTRA)
+	mkdir -p $(COLLECTIONS_EXTRA)/wheel
+	$(VENV_BIN)/python -m pip download -q --no-deps --only-binary=:all: \
+	  -d $(COLLECTIONS_EXTRA)/wheel ansible==$(ANSIBLE_WHEEL_VERSION)
+	echo '$(ANSIBLE_WHEEL_SHA256)  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl' \
+	  | sha256sum -c --quiet
+	$(VENV_BIN)/python -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("ansible_collections/community/postgresql/")])' \
+	  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl $(COLLECTIONS_EXTRA)
+	rm -rf $(COLLECTIONS_EXTRA)/wheel
+	touch $@
+
 # The unit tests that do not compare with real Nix run where no Nix can be reached.
 unit: venv
 	tests/without-nix $(PYTEST) tests/unit -m 'not nix' $(PYTEST_ARGS)
 	$(PYTEST) tests/unit -m nix $(PYTEST_ARGS)
 
-integration: venv controllers
+integration: venv controllers collections-extra
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 sanity: venv controllers

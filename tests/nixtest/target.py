@@ -34,7 +34,9 @@ TARGET_BUILD_DIR = os.path.join(BUILD_DIR, 'target')
 SUITE = 'bookworm'
 VARIANT = 'minbase'
 MIRROR = 'http://deb.debian.org/debian'
-INCLUDE = ('python3', 'openssh-server', 'sudo', 'locales', 'bash', 'procps')
+INCLUDE = ('python3', 'openssh-server', 'sudo', 'locales', 'bash', 'procps',
+           # what playbooks using community.postgresql install on their hosts
+           'python3-psycopg2')
 LOCALES = ('en_US.UTF-8 UTF-8',)
 # Bump when the way the tarball is made changes.
 RECIPE_VERSION = 1
