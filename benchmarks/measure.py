@@ -43,9 +43,12 @@ def fresh_root(name):
 
 
 def remove(path):
+    """Remove a root, and wait until the file system has written the removal out: the
+    next measurement must not pay for this one's clean-up."""
     if os.path.lexists(path):
         subprocess.run(['chmod', '-R', 'u+w', path], check=False)
         shutil.rmtree(path)
+        os.sync()
 
 
 def run_child(command, env=None):
