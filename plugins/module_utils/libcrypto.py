@@ -15,6 +15,8 @@ import ctypes.util
 import threading
 from typing import Optional
 
+from ansible_collections.nixcache.closure.plugins.module_utils.clibrary import bind
+
 NID_ED25519 = 1087
 SIGNATURE_SIZE = 64
 
@@ -54,36 +56,25 @@ class Libcrypto(object):
 
     def __init__(self, library: ctypes.CDLL) -> None:
         c_size_t_p = ctypes.POINTER(ctypes.c_size_t)
-        self._new_public = self._function(library, 'EVP_PKEY_new_raw_public_key', ctypes.c_void_p,
-                                          ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p,
-                                          ctypes.c_size_t)
-        self._new_private = self._function(library, 'EVP_PKEY_new_raw_private_key',
-                                           ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                           ctypes.c_char_p, ctypes.c_size_t)
-        self._free_key = self._function(library, 'EVP_PKEY_free', None, ctypes.c_void_p)
-        self._new_context = self._function(library, 'EVP_MD_CTX_new', ctypes.c_void_p)
-        self._free_context = self._function(library, 'EVP_MD_CTX_free', None, ctypes.c_void_p)
-        self._verify_init = self._function(library, 'EVP_DigestVerifyInit', ctypes.c_int,
-                                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                           ctypes.c_void_p, ctypes.c_void_p)
-        self._verify = self._function(library, 'EVP_DigestVerify', ctypes.c_int, ctypes.c_void_p,
-                                      ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-                                      ctypes.c_size_t)
-        self._sign_init = self._function(library, 'EVP_DigestSignInit', ctypes.c_int,
-                                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.c_void_p, ctypes.c_void_p)
-        self._sign = self._function(library, 'EVP_DigestSign', ctypes.c_int, ctypes.c_void_p,
-                                    ctypes.c_char_p, c_size_t_p, ctypes.c_char_p, ctypes.c_size_t)
+        pointer, integer, size = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+        self._new_public = bind(library, 'EVP_PKEY_new_raw_public_key', pointer,
+                                integer, pointer, ctypes.c_char_p, size)
+        self._new_private = bind(library, 'EVP_PKEY_new_raw_private_key', pointer,
+                                 integer, pointer, ctypes.c_char_p, size)
+        self._free_key = bind(library, 'EVP_PKEY_free', None, pointer)
+        self._new_context = bind(library, 'EVP_MD_CTX_new', pointer)
+        self._free_context = bind(library, 'EVP_MD_CTX_free', None, pointer)
+        self._verify_init = bind(library, 'EVP_DigestVerifyInit', integer,
+                                 pointer, pointer, pointer, pointer, pointer)
+        self._verify = bind(library, 'EVP_DigestVerify', integer,
+                            pointer, ctypes.c_char_p, size, ctypes.c_char_p, size)
+        self._sign_init = bind(library, 'EVP_DigestSignInit', integer,
+                               pointer, pointer, pointer, pointer, pointer)
+        self._sign = bind(library, 'EVP_DigestSign', integer,
+                          pointer, ctypes.c_char_p, c_size_t_p, ctypes.c_char_p, size)
         # failures leave entries in OpenSSL's per-thread error queue, which the ssl
         # module would otherwise find later
-        self._clear_errors = self._function(library, 'ERR_clear_error', None)
-
-    @staticmethod
-    def _function(library, name, result, *arguments):
-        function = getattr(library, name)
-        function.restype = result
-        function.argtypes = list(arguments)
-        return function
+        self._clear_errors = bind(library, 'ERR_clear_error', None)
 
     def verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
         if len(public_key) != 32 or len(signature) != SIGNATURE_SIZE:

@@ -14,6 +14,8 @@ import ctypes.util
 import threading
 from typing import Optional
 
+from ansible_collections.nixcache.closure.plugins.module_utils.clibrary import bind
+
 LIBRARY_NAMES = ('libzstd.so.1', 'libzstd.so')
 ZSTD_D_WINDOW_LOG_MAX = 100     # ZSTD_d_windowLogMax
 WINDOW_LOG_MAX = 27             # 128 MiB, the library's and the zstd program's default bound
@@ -41,30 +43,21 @@ class _OutBuffer(ctypes.Structure):
 
 class Libzstd(object):
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._create = self._function(library, 'ZSTD_createDCtx', ctypes.c_void_p)
-        self.free = self._function(library, 'ZSTD_freeDCtx', ctypes.c_size_t, ctypes.c_void_p)
-        self.decompress_stream = self._function(
-            library, 'ZSTD_decompressStream', ctypes.c_size_t, ctypes.c_void_p,
-            ctypes.POINTER(_OutBuffer), ctypes.POINTER(_InBuffer))
-        self.is_error = self._function(library, 'ZSTD_isError', ctypes.c_uint, ctypes.c_size_t)
-        self.error_name = self._function(library, 'ZSTD_getErrorName', ctypes.c_char_p,
-                                         ctypes.c_size_t)
-        self._init = self._function(library, 'ZSTD_initDStream', ctypes.c_size_t, ctypes.c_void_p)
+        pointer, size = ctypes.c_void_p, ctypes.c_size_t
+        self._create = bind(library, 'ZSTD_createDCtx', pointer)
+        self.free = bind(library, 'ZSTD_freeDCtx', size, pointer)
+        self.decompress_stream = bind(library, 'ZSTD_decompressStream', size, pointer,
+                                      ctypes.POINTER(_OutBuffer), ctypes.POINTER(_InBuffer))
+        self.is_error = bind(library, 'ZSTD_isError', ctypes.c_uint, size)
+        self.error_name = bind(library, 'ZSTD_getErrorName', ctypes.c_char_p, size)
+        self._init = bind(library, 'ZSTD_initDStream', size, pointer)
         try:   # libzstd 1.4 and later; older ones keep their default bound, the same 27
-            self._set_parameter = self._function(library, 'ZSTD_DCtx_setParameter',
-                                                 ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int,
-                                                 ctypes.c_int)
+            self._set_parameter = bind(library, 'ZSTD_DCtx_setParameter', size,
+                                       pointer, ctypes.c_int, ctypes.c_int)
         except AttributeError:
             self._set_parameter = None
         self._lock = threading.Lock()
         self._idle = []
-
-    @staticmethod
-    def _function(library, name, result, *arguments):
-        function = getattr(library, name)
-        function.restype = result
-        function.argtypes = list(arguments)
-        return function
 
     def acquire(self) -> int:
         """A decompression context ready for a new frame, from the idle ones if any.

@@ -29,6 +29,24 @@ SECRET_KEY_SIZE = 64
 SIGNATURE_SIZE = 64
 
 
+class _ImportedBackend(object):
+    """A backend whose implementation (anything with ``verify`` and ``sign``) is imported
+    the first time it is used: ``load()`` returns it, or None when this host has none."""
+
+    def __init__(self, name, load):
+        self.name = name
+        self._load = load
+
+    def available(self):
+        return self._load() is not None
+
+    def verify(self, public_key, signature, message):
+        return self._load().verify(public_key, signature, message)
+
+    def sign(self, seed, message):
+        return self._load().sign(seed, message)
+
+
 def _libcrypto():
     from ansible_collections.nixcache.closure.plugins.module_utils import libcrypto
     return libcrypto.load()
@@ -39,20 +57,8 @@ def _ed25519():
     return ed25519
 
 
-class LibcryptoBackend(object):
-    name = 'libcrypto'
-
-    @staticmethod
-    def available():
-        return _libcrypto() is not None
-
-    @staticmethod
-    def verify(public_key, signature, message):
-        return _libcrypto().verify(public_key, signature, message)
-
-    @staticmethod
-    def sign(seed, message):
-        return _libcrypto().sign(seed, message)
+LibcryptoBackend = _ImportedBackend('libcrypto', _libcrypto)
+PurePythonBackend = _ImportedBackend('python', _ed25519)
 
 
 class CryptographyBackend(object):
@@ -109,27 +115,9 @@ class NaclBackend(object):
         return nacl.signing.SigningKey(seed).sign(message).signature
 
 
-class PurePythonBackend(object):
-    name = 'python'
-
-    @staticmethod
-    def verify(public_key, signature, message):
-        return _ed25519().verify(public_key, signature, message)
-
-    @staticmethod
-    def sign(seed, message):
-        return _ed25519().sign(seed, message)
-
-    @staticmethod
-    def available():
-        return True
-
-
 # Fastest first: no import to pay and the GIL released, then the optional packages.
 CANDIDATES = (LibcryptoBackend, CryptographyBackend, NaclBackend, PurePythonBackend)
 _available = []
-
-
 _available_lock = threading.Lock()
 
 
