@@ -17,6 +17,7 @@ imported only when a signature is first checked, so a run that checks none pays 
 
 import base64
 import binascii
+import importlib
 import threading
 from typing import Any, Iterable, List, Optional
 
@@ -61,16 +62,20 @@ LibcryptoBackend = _ImportedBackend('libcrypto', _libcrypto)
 PurePythonBackend = _ImportedBackend('python', _ed25519)
 
 
+def _importable(module):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 class CryptographyBackend(object):
     name = 'cryptography'
 
     @staticmethod
     def available():
-        try:
-            from cryptography.hazmat.primitives.asymmetric import ed25519 as _ed25519  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return _importable('cryptography.hazmat.primitives.asymmetric.ed25519')
 
     @staticmethod
     def verify(public_key, signature, message):
@@ -93,11 +98,7 @@ class NaclBackend(object):
 
     @staticmethod
     def available():
-        try:
-            import nacl.signing  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return _importable('nacl.signing')
 
     @staticmethod
     def verify(public_key, signature, message):
