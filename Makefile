@@ -17,7 +17,7 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
 # openssl for the TLS cache's certificates, git for the sanity copy.
-APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd xz-utils bzip2 sqlite3 \
+APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd libzstd1 xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
 	qemu-user-static
 
