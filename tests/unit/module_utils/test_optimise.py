@@ -1,11 +1,7 @@
-"""The store optimiser (``optimise.py``) on stores made here, without Nix.
-
-Each store path is an in-memory tree, serialised with ``nar.dump_tree`` and added with
-``LocalStore.add_nar``, so its NarHash is known; after optimising, every path must still
-serialise to it, and identical files must share one inode with their ``.links`` entry.
-"""
+"""The store optimiser (``optimise.py``) on stores made here, without Nix
+(``nixtest.memstore``): after optimising, every path must still serialise to its NarHash,
+and identical files must share one inode with their ``.links`` entry."""
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -15,49 +11,8 @@ import pytest
 from ansible_collections.nixcache.closure.plugins.module_utils import nar, optimise
 from ansible_collections.nixcache.closure.plugins.module_utils.errors import StoreError
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
-from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
-from ansible_collections.nixcache.closure.plugins.module_utils.nixbase32 import encode
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
-from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-
-SQL = b'-- an extension script\nselect 1;\n' * 40
-TOOL = b'#!/bin/sh\necho tool\n' * 10
-
-
-def tree(marker, extra=None):
-    """A store path tree as an extension of one version would be: shared SQL, a shared
-    executable, a symlink, an empty file, and a file unique to ``marker``."""
-    entries = {
-        'share': ('directory', {
-            'ext--1.0.sql': ('regular', SQL, False),
-            'empty': ('regular', b'', False),
-            'README': ('regular', b'version ' + marker.encode() + b'\n', False),
-        }),
-        'bin': ('directory', {'tool': ('regular', TOOL, True)}),
-        'lib': ('symlink', 'share'),
-    }
-    entries.update(extra or {})
-    return ('directory', entries)
-
-
-def nar_of(node):
-    chunks = []
-    nar.dump_tree(node, chunks.append)
-    return b''.join(chunks)
-
-
-def store_path(name):
-    return StorePath(encode(hashlib.sha256(name.encode()).digest()[:20]), name)
-
-
-def add(store, name, node, references=()):
-    data = nar_of(node)
-    path = store_path(name)
-    info = NarInfo(path, 'nar/x', format_base32(hashlib.sha256(data).digest()), len(data),
-                   compression='none', references=list(references))
-    store.add_nar(info, data)
-    return path
-
+from nixtest.memstore import SQL, TOOL, add, link_name, real, store_path, tree
 
 @pytest.fixture
 def root(tmp_path):
@@ -66,10 +21,6 @@ def root(tmp_path):
         add(store, 'ext-1.1', tree('1.1'))
         add(store, 'ext-1.2', tree('1.2'))
     return str(tmp_path)
-
-
-def real(root, name, *parts):
-    return os.path.join(root, 'nix/store', store_path(name).base, *parts)
 
 
 def links_dir(root):
@@ -108,9 +59,9 @@ def test_identical_files_share_one_inode_named_by_their_nar_hash(root):
     assert savings.paths == 3 and savings.changed
     sql = [os.lstat(real(root, 'ext-1.%d' % n, 'share', 'ext--1.0.sql')) for n in range(3)]
     assert len(set(info.st_ino for info in sql)) == 1
-    link = os.path.join(links_dir(root), encode(hashlib.sha256(nar_of(('regular', SQL, False))).digest()))
+    link = os.path.join(links_dir(root), link_name(('regular', SQL, False)))
     assert os.lstat(link).st_ino == sql[0].st_ino and sql[0].st_nlink == 4
-    symlink = os.path.join(links_dir(root), encode(hashlib.sha256(nar_of(('symlink', 'share'))).digest()))
+    symlink = os.path.join(links_dir(root), link_name(('symlink', 'share')))
     assert os.path.islink(symlink) and os.lstat(symlink).st_nlink == 4
     assert_paths_intact(root)
 
@@ -184,7 +135,7 @@ def test_writable_files_are_skipped_with_a_warning(root):
 
 def test_a_corrupted_link_is_replaced(root):
     optimise.optimise_store(root)
-    link = os.path.join(links_dir(root), encode(hashlib.sha256(nar_of(('regular', SQL, False))).digest()))
+    link = os.path.join(links_dir(root), link_name(('regular', SQL, False)))
     os.unlink(link)
     with open(link, 'wb') as handle:
         handle.write(b'not the contents')
@@ -241,7 +192,7 @@ def test_a_real_link_limit_keeps_the_copy(tmp_path):
         add(store, 'many', ('directory', {'a': ('regular', SQL, False), 'b': ('regular', SQL, False),
                                           'c': ('regular', SQL, False)}))
     os.makedirs(links_dir(str(tmp_path)))
-    link = os.path.join(links_dir(str(tmp_path)), encode(hashlib.sha256(nar_of(('regular', SQL, False))).digest()))
+    link = os.path.join(links_dir(str(tmp_path)), link_name(('regular', SQL, False)))
     with open(link, 'wb') as handle:
         handle.write(SQL)
     os.chmod(link, 0o444)
