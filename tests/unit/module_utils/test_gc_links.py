@@ -1,23 +1,12 @@
 """The collector (``gc.py``) on an optimised store made here, without Nix: unused
 ``.links`` entries go, and bytes freed are counted by inode."""
 import os
-import stat
 
 from ansible_collections.nixcache.closure.plugins.module_utils import gc, optimise
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
+from nixtest.links import unique_bytes
 from nixtest.memstore import SQL, TOOL, add, real, store_path, tree
-
-
-def unique_bytes(root):
-    """Bytes the store's files take: each inode once (directories aside)."""
-    seen = {}
-    for directory, dirs, files in os.walk(os.path.join(root, 'nix/store')):
-        for name in dirs + files:
-            info = os.lstat(os.path.join(directory, name))
-            if not stat.S_ISDIR(info.st_mode):
-                seen[info.st_ino] = info.st_size
-    return sum(seen.values())
 
 
 def make_store(root, optimised=True):
