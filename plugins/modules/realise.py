@@ -72,8 +72,8 @@ options:
   optimise:
     description:
       - Hard-link the files of the paths this run fetches to identical files already in
-        the store, right after they become valid, as Nix's C(auto-optimise-store) does:
-        each file is named in C(ROOT/nix/store/.links) by the hash of its NAR
+        the store, right after they become valid, as Nix's C(auto-optimise-store) does.
+        Each file is named in C(ROOT/nix/store/.links) by the hash of its NAR
         serialisation, so real Nix and M(nixcache.closure.gc) understand the links.
       - Paths that were valid before are not touched; M(nixcache.closure.optimise)
         deduplicates a whole store. Needs O(register).
