@@ -91,6 +91,7 @@ class Optimiser(object):
         self.store = store
         self.check_mode = check_mode
         self.links_dir = os.path.join(store.real_store_dir, LINKS_DIR)
+        self._store_dir = os.path.normpath(store.real_store_dir)
         self.known_inodes = set()
         self._planned = {}    # check mode: link name -> (device, inode) a real run would link
         self.savings = Savings()
@@ -213,7 +214,7 @@ class Optimiser(object):
         """Atomically put a hard link to ``link`` where ``path`` is; False when the file
         system's link limit keeps the copy."""
         parent = os.path.dirname(path)
-        toggle = os.path.realpath(parent) != os.path.realpath(self.store.real_store_dir)
+        toggle = os.path.normpath(parent) != self._store_dir    # the store keeps its mode
         temp = os.path.join(self.store.real_store_dir, '%s%d-%d' % (
             TEMP_LINK_PREFIX, os.getpid(), random.randrange(1 << 31)))
         if toggle:
