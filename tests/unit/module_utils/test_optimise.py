@@ -14,6 +14,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import for
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from nixtest.memstore import SQL, TOOL, add, link_name, real, store_path, tree
 
+
 @pytest.fixture
 def root(tmp_path):
     with LocalStore(root=str(tmp_path)) as store:
