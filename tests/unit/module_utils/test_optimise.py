@@ -219,7 +219,7 @@ def test_two_optimisers_at_once_link_each_file_once(tmp_path):
         except Exception as error:     # reported below
             failures.append(error)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _number in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
