@@ -5,7 +5,11 @@ the same files into the same ``.links`` names and reports the same savings."""
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -15,7 +19,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import re
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-from nixtest import nix
+from nixtest import COLLECTIONS_PATH, nix
 from nixtest.links import links, unique_bytes
 from nixtest.ansible import realise_play, run_playbook
 
@@ -249,3 +253,26 @@ def test_our_gc_and_nix_gc_leave_the_same_links(duplicated_root, tmp_path, cache
     nix_gc(twin)
     assert done['bytes_freed'] == before - unique_bytes(duplicated_root)
     assert links(duplicated_root) == links(twin) == {}
+
+
+def test_killed_in_the_middle_the_store_stays_whole(duplicated_root):
+    """kill -9 while it links: every file is still there (each was replaced by a rename),
+    Nix verifies the store, and a new run finishes the work."""
+    root = duplicated_root
+    script = ('import sys; sys.path.insert(0, %r); '
+              'from ansible_collections.nixcache.closure.plugins.module_utils.optimise import optimise_store; '
+              'optimise_store(%r)' % (COLLECTIONS_PATH, str(root)))
+    proc = subprocess.Popen([sys.executable, '-c', script])
+    deadline = time.monotonic() + 60
+    while len(links(root)) < 200 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'it finished before it could be killed'
+    assert nix.verify_store(str(root)) == []
+    done = optimise.optimise_store(str(root))
+    assert done.files_linked > 0
+    assert_nix_finds_nothing_more(root)
+    # What the kill left (a temporary link at most) is not a store path: gc removes it.
+    run('gc', root=str(root), runtime_roots=False)
+    assert [n for n in os.listdir(str(root / 'nix/store')) if n.startswith('.tmp-link')] == []
