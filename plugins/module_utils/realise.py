@@ -24,12 +24,14 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InsufficientSpace,
     InvalidNar,
     NixCacheError,
+    StoreError,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     HashingReader,
     format_base32,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils import nar
+from ansible_collections.nixcache.closure.plugins.module_utils.optimise import Optimiser, Savings
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import receipt_path, write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
@@ -85,6 +87,7 @@ class Report(object):
         self.seconds = seconds
         self.receipts = []
         self.store_created = False
+        self.optimised = None             # Savings, when asked to optimise
 
     @property
     def changed(self) -> bool:
@@ -112,7 +115,7 @@ class Report(object):
         return [entry for entry in self.closure if entry['state'] in ('fetched', 'would fetch')]
 
     def as_dict(self) -> Dict[str, Any]:
-        return dict(
+        result = dict(
             changed=self.changed,
             requested=[str(path) for path in self.plan.requested],
             closure=self.closure,
@@ -125,6 +128,9 @@ class Report(object):
             seconds=round(self.seconds, 3),
             receipts=list(self.receipts),
         )
+        if self.optimised is not None:
+            result['optimised'] = self.optimised.as_dict()
+        return result
 
 
 class Realiser(object):
@@ -384,9 +390,14 @@ class Realiser(object):
 
 
 def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True, jobs: int = 4,
-                    register: bool = True, receipts: bool = True, progress: Optional[Progress] = None, check_mode: bool = False) -> Report:
+                    register: bool = True, receipts: bool = True, progress: Optional[Progress] = None, check_mode: bool = False,
+                    optimise: bool = False) -> Report:
     """Realise ``requested`` into the store under ``root`` (made if need be; not in check
-    mode) and write their receipts; returns the Report."""
+    mode) and write their receipts; returns the Report.  With ``optimise``, the paths
+    fetched are deduplicated (``optimise.py``) once valid, before the store is let go."""
+    if optimise and not register:
+        raise StoreError('optimise needs register: only valid paths are deduplicated',
+                         expected='register: true', found='register: false')
     store = LocalStore(root=root, create=not check_mode)
     store_is_new = not os.path.exists(store.db_path)
     with store:
@@ -394,5 +405,8 @@ def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], 
                             register=register, progress=progress)
         report = realiser.realise(requested, check_mode=check_mode,
                                   receipts_root=root if receipts else None)
+        if optimise:
+            report.optimised = Savings() if check_mode else Optimiser(store).optimise_paths(
+                item.store_path for item in report.fetched)
     report.store_created = store_is_new
     return report

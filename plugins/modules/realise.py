@@ -69,6 +69,17 @@ options:
         placed in the store, and a path counts as present when it exists there.
     type: bool
     default: true
+  optimise:
+    description:
+      - Hard-link the files of the paths this run fetches to identical files already in
+        the store, right after they become valid, as Nix's C(auto-optimise-store) does.
+        Each file is named in C(ROOT/nix/store/.links) by the hash of its NAR
+        serialisation, so real Nix and M(nixcache.closure.gc) understand the links.
+      - Paths that were valid before are not touched; M(nixcache.closure.optimise)
+        deduplicates a whole store. Needs O(register).
+    type: bool
+    default: false
+    version_added: 0.2.0
   progress_file:
     description:
       - A file the module rewrites with its progress while it fetches (paths and bytes done
@@ -130,6 +141,18 @@ EXAMPLES = r'''
     substituters: "{{ nix_caches }}"
     trusted_public_keys: "{{ nix_trusted_keys }}"
     jobs: 8
+
+- name: Realise, hard-linking files identical to ones already in the store
+  nixcache.closure.realise:
+    paths: "{{ postgres_store_path }}"
+    substituters: "{{ nix_caches }}"
+    trusted_public_keys: "{{ nix_trusted_keys }}"
+    optimise: true
+  register: realised
+
+- name: Show what deduplication saved
+  ansible.builtin.debug:
+    msg: "{{ realised.optimised.mb_saved }} MiB saved by linking {{ realised.optimised.files_linked }} files"
 '''
 
 RETURN = r'''
@@ -200,6 +223,37 @@ receipts:
   type: list
   elements: str
   sample: [/nix/var/nixcache/receipts/0c4v0gqhb1gs2xp0fqgy6bbg6pdvvb2h-postgresql-and-plugins-15.8.json]
+optimised:
+  description:
+    - What O(optimise) saved on the paths fetched. In check mode nothing is fetched,
+      so every figure is 0.
+  returned: when O(optimise) is true
+  type: dict
+  contains:
+    files_linked:
+      description: Files replaced by a hard link to an identical file.
+      type: int
+      sample: 412
+    bytes_saved:
+      description: Their sizes in bytes, as C(nix-store --optimise) counts what it frees.
+      type: int
+      sample: 35123456
+    mb_saved:
+      description: RV(optimised.bytes_saved) in MiB.
+      type: float
+      sample: 33.5
+    links_created:
+      description: New entries in C(ROOT/nix/store/.links).
+      type: int
+    kept_at_link_limit:
+      description: Files kept as copies because the file system's link limit was reached.
+      type: int
+    skipped_writable:
+      description: Files left alone because their owner may write them.
+      type: int
+    paths:
+      description: Store paths deduplicated.
+      type: int
 seconds:
   description: Wall-clock time the module spent.
   returned: always
@@ -229,6 +283,7 @@ def main():
             register=dict(type='bool', default=True),
             receipt=dict(type='bool', default=True),
             progress_file=dict(type='path'),
+            optimise=dict(type='bool', default=False),
         ),
         supports_check_mode=True,
     )
@@ -248,10 +303,12 @@ def main():
                 params['root'], requested, caches, trusted_keys,
                 require_sigs=params['require_sigs'], jobs=params['jobs'],
                 register=params['register'], receipts=params['receipt'], progress=progress,
-                check_mode=module.check_mode)
+                check_mode=module.check_mode, optimise=params['optimise'])
     finally:
         progress.remove()
     result = report.as_dict()
+    for warning in report.optimised.warnings if report.optimised is not None else ():
+        module.warn(warning)
     result['diff'] = fetch_diff(report.added())
     module.exit_json(**result)
 
