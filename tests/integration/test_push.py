@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from nixtest import nix
+from nixtest import REPO, fixtures, nix
 from nixtest.ansible import run_playbook
 from nixtest.target import TargetHost
 
@@ -153,3 +153,40 @@ def test_two_hosts_share_one_download(caches, small_closure, http_cache, target_
         assert http_cache.fetched('*/nar/*') == []
     finally:
         second.stop()
+
+
+def test_roles_in_push_mode(caches, pg_closure, pg_extra, tmp_path):
+    """playbooks/postgres.yml with fetch_on=controller on a fresh host, every cache a
+    directory of the controller: Nix and Postgres go in, a re-run changes nothing."""
+    keys = fixtures.keys()
+    nix_closure = fixtures.nix_closure()
+    nix_caches = fixtures.caches(keys, [nix_closure], root=os.path.join(
+        fixtures.FIXTURES_BUILD_DIR, 'caches-nix'), compressions=('xz',))
+    extra_caches = fixtures.caches(keys, [pg_extra], root=os.path.join(
+        fixtures.FIXTURES_BUILD_DIR, 'caches-extra'), compressions=('xz',))
+    with open(os.path.join(REPO, 'playbooks', 'postgres.yml')) as playbook:
+        play = playbook.read()
+    extra_vars = dict(substituters=[caches['xz'].url, extra_caches['xz'].url, nix_caches['xz'].url],
+                      trusted_public_keys=[keys.trusted.public], nix_store_path=nix_closure.top,
+                      postgres_store_path=pg_closure.top, postgres_packages=[pg_extra.top],
+                      fetch_on='controller')
+    env = dict(XDG_CACHE_HOME=str(tmp_path / 'xdg'))
+    target = TargetHost(tmp_path / 'roles-target').start()
+    try:
+        inventory = target.inventory()
+        dry = run_playbook(play, inventory, check=True, extra_vars=extra_vars, env=env).assert_ok()
+        assert sorted(dry.registered('postgres_realised')['to_fetch']) == \
+            sorted(set(pg_closure.paths) | {pg_extra.top})
+        assert not os.path.exists(target.path('/nix/store'))
+
+        first = run_playbook(play, inventory, extra_vars=extra_vars, env=env).assert_ok()
+        realised = first.registered('postgres_realised')
+        assert realised['push']['sent_files'] == len(realised['fetched']) > 0
+        assert realised['push']['controller_cache'] == str(tmp_path / 'xdg/nixcache/controller')
+        assert '(PostgreSQL) %s' % pg_closure.version in first.task('Ask the installed server for its version')['stdout']
+        assert nix.verify_store(target.root) == []
+
+        again = run_playbook(play, inventory, extra_vars=extra_vars, env=env).assert_ok()
+        assert again.changed_tasks() == []
+    finally:
+        target.stop()
