@@ -22,8 +22,11 @@ import tempfile
 from typing import Any, Callable, Dict, List
 
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import plan_closure
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
 from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     CACHE_ARGUMENT_SPEC,
+    cache_argument_spec,
     caches_from_options,
     parse_store_paths,
 )
@@ -34,10 +37,17 @@ from ansible_collections.nixcache.closure.plugins.plugin_utils.controller_cache 
     default_directory,
 )
 
-# Options the action plugin consumes; the module only sees them.
-PUSH_OPTIONS = ('fetch_on', 'controller_cache_dir', 'controller_cache_max_mb')
+# What the host keeps of the cache options in push mode: whom to trust.
+TRUST_OPTIONS = ('trusted_public_keys', 'require_sigs', 'use_nix_conf')
 DEFAULT_MAX_MB = 10240
 REMOTE_DIR = 'nixcache-push'
+# The options (with their aliases) that reach caches: used on the controller only, never
+# sent to the host, which needs no credentials.
+CACHE_ACCESS_OPTIONS = set()
+for _name, _option in CACHE_ARGUMENT_SPEC.items():
+    if _name not in TRUST_OPTIONS:
+        CACHE_ACCESS_OPTIONS.add(_name)
+        CACHE_ACCESS_OPTIONS.update(_option.get('aliases', ()))
 
 
 class Transport(object):
@@ -56,15 +66,18 @@ class Transport(object):
 def push(args: Dict[str, Any], transport: Transport, check_mode: bool, local_tmp: str) -> Dict[str, Any]:
     """Run ``realise`` in push mode with the task's ``args``; returns the module's result
     with a ``push`` entry (what the controller read from the caches and sent)."""
-    requested = parse_store_paths(args.get('paths') or [])
+    options, errors = _controller_options(args)
+    if errors:
+        return dict(failed=True, msg='; '.join(errors))
+    requested = parse_store_paths(options['paths'])
     if not requested:      # only the store to prepare: nothing to fetch anywhere
         return transport.execute_with_progress(_module_args(args, [], None))
-    options = dict((name, args.get(name, spec.get('default')))
-                   for name, spec in CACHE_ARGUMENT_SPEC.items())
-    cache = ControllerCache(args.get('controller_cache_dir') or default_directory(),
-                            int((args.get('controller_cache_max_mb') or DEFAULT_MAX_MB) * MIB))
+    if options['controller_cache_max_mb'] <= 0:
+        return dict(failed=True, msg='controller_cache_max_mb must be a positive number of MiB')
+    cache = ControllerCache(options['controller_cache_dir'] or default_directory(),
+                            options['controller_cache_max_mb'] * int(MIB))
     caches, trusted_keys = caches_from_options(options)
-    jobs = max(1, int(args.get('jobs') or 4))
+    jobs = max(1, options['jobs'])
     plan = plan_closure(requested, cache.wrap(caches), trusted_keys,
                         require_sigs=options['require_sigs'], jobs=max(jobs, 8))
     items = dict((item.store_path, item) for item in plan.to_fetch)
@@ -93,8 +106,27 @@ def push(args: Dict[str, Any], transport: Transport, check_mode: bool, local_tmp
     return _with_push(result, cache, sent, len(files))
 
 
+def _controller_options(args):
+    """(the options push mode reads on the controller, validated as the module would
+    validate them: types, aliases, defaults; error messages)."""
+    spec = cache_argument_spec(
+        paths=dict(type='list', elements='str', required=True),
+        jobs=dict(type='int', default=4),
+        controller_cache_dir=dict(type='path'),
+        controller_cache_max_mb=dict(type='int', default=DEFAULT_MAX_MB))
+    known = set(spec)
+    for option in spec.values():
+        known.update(option.get('aliases', ()))
+    validated = ArgumentSpecValidator(spec).validate(
+        dict((name, value) for name, value in args.items() if name in known))
+    return validated.validated_parameters, list(validated.error_messages)
+
+
 def _module_args(args, entries, directory, plan=False):
-    module_args = dict((k, v) for k, v in args.items() if k not in ('substituters',))
+    """The module's arguments in push mode: no cache and no credentials (the host reads
+    no cache), the trust options as given, and what was pushed."""
+    module_args = dict((name, value) for name, value in args.items()
+                       if name not in CACHE_ACCESS_OPTIONS)
     module_args['substituters'] = []
     module_args['pushed'] = dict(entries=entries, directory=directory, plan=plan)
     return module_args
