@@ -78,7 +78,7 @@ options:
         NARs a host lacks over that host's own Ansible connection (one tar for the small
         ones). For hosts that cannot reach the cache (private subnets, a cache on the
         operator's machine). The host checks every signature against its trusted keys and
-        every NAR against its signed NarHash again, exactly as for a cache: the controller
+        every NAR against its signed NarHash again, exactly as for a cache; the controller
         is trusted no more than a cache.
       - The caches and the cache options are those of the task, read on the controller
         (with the controller's C(nix.conf) where O(use_nix_conf) fills them in); the
@@ -102,7 +102,7 @@ options:
     default: 10240
   pushed:
     description:
-      - Set by the action plugin in push mode (O(fetch_on=controller)): the narinfos the
+      - Set by the action plugin in push mode (O(fetch_on=controller)) to the narinfos the
         controller read and the directory on the host it sent the NARs to. Do not set it
         by hand.
     type: dict
