@@ -246,4 +246,3 @@ def _write_atomically(path, data):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
-

@@ -184,4 +184,3 @@ def _with_push(result, cache, sent_bytes, sent_files):
                           cache_bytes_read=cache.bytes_from_caches,
                           sent_bytes=sent_bytes, sent_files=sent_files)
     return result
-
