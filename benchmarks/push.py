@@ -56,7 +56,7 @@ NO_COMPRESSION = '-o ControlMaster=auto -o ControlPersist=60s'
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--hosts', type=int, default=4, help='hosts in the play (default 4)')
     parser.add_argument('--compression', default='zstd', choices=['xz', 'zstd'])
     parser.add_argument('--runs', type=int, default=1, help='repetitions (medians printed)')
@@ -100,7 +100,7 @@ def main():
     results = dict((mode, []) for mode in ('pull', 'push, cold', 'push, warm'))
     try:
         with Sshd() as sshd, CacheServer(caches.root) as server:
-            for _run in range(args.runs):
+            for _repetition in range(args.runs):
                 controller_cache = os.path.join(work, 'controller-cache')
                 shutil.rmtree(controller_cache, ignore_errors=True)
                 for mode in results:

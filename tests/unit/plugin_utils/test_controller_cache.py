@@ -156,7 +156,7 @@ def test_workers_at_once_download_each_file_once(tmp_path, source):
     context = multiprocessing.get_context('fork')
     barrier = context.Barrier(4)
     workers = [context.Process(target=_fetch_all, args=(directory, source.directory, source.log,
-                                                        barrier)) for _ in range(4)]
+                                                        barrier)) for _worker in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
