@@ -57,10 +57,14 @@ class PushedFiles(object):
         self._members = {}    # name -> (offset, size) in the bundle
         bundle = os.path.join(directory, BUNDLE) if directory else None
         if bundle and os.path.exists(bundle):
-            with tarfile.open(bundle, 'r:') as archive:
-                for member in archive:
-                    if member.isfile() and is_plain_name(member.name):
-                        self._members[member.name] = (member.offset_data, member.size)
+            try:
+                with tarfile.open(bundle, 'r:') as archive:
+                    for member in archive:
+                        if member.isfile() and is_plain_name(member.name):
+                            self._members[member.name] = (member.offset_data, member.size)
+            except tarfile.TarError as error:
+                raise CacheUnavailable('the bundle the controller sent is not a tar archive: %s'
+                                       % error, path=bundle) from error
         self._bundle = bundle
 
     def open(self, name: str) -> Any:

@@ -19,7 +19,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.closure import pl
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
 from ansible_collections.nixcache.closure.plugins.module_utils.nixbase32 import encode
-from ansible_collections.nixcache.closure.plugins.module_utils.pushed import BUNDLE, pushed_caches
+from ansible_collections.nixcache.closure.plugins.module_utils.pushed import BUNDLE, PushedFiles, pushed_caches
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import Realiser
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import SecretKey, TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
@@ -252,3 +252,18 @@ def test_the_host_checks_hashes_and_signatures_again(tmp_path, source):
                for entry in entries]
     with pytest.raises(errors.UntrustedPath):
         realise(altered, str(tmp_path / 'pushed'), tmp_path / 'root3')
+
+
+def test_pushed_files_are_read_by_plain_names_only(tmp_path):
+    directory = tmp_path / 'pushed'
+    directory.mkdir()
+    (tmp_path / 'outside').write_bytes(b'secret')
+    (directory / 'a.nar-none').write_bytes(b'nar')
+    files = PushedFiles(str(directory))
+    assert files.open('a.nar-none').read() == b'nar'
+    for name in ('../outside', '/etc/passwd', '', '..'):
+        with pytest.raises(errors.CacheUnavailable):
+            files.open(name)
+    (directory / BUNDLE).write_bytes(b'not a tar' * 100)
+    with pytest.raises(errors.CacheUnavailable):
+        PushedFiles(str(directory))
