@@ -190,3 +190,27 @@ def test_roles_in_push_mode(caches, pg_closure, pg_extra, tmp_path):
         assert again.changed_tasks() == []
     finally:
         target.stop()
+
+
+def test_push_as_an_unprivileged_user_with_become(caches, small_closure, target_host, tmp_path):
+    """As on a cloud image: SSH as a user with sudo, the task with become.  The files are
+    sent as that user into its temporary directory; the module reads them as root."""
+    setup = ('id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy; '
+             'install -d -o deploy -m 700 /home/deploy/.ssh; '
+             'install -o deploy -m 600 /root/.ssh/authorized_keys /home/deploy/.ssh/; '
+             "echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy; "
+             'chmod 440 /etc/sudoers.d/deploy')
+    target_host.run(setup, check=True)
+    cache = caches['xz']
+    root = '/srv/push-become'
+    inventory = target_host.inventory(ansible_user='deploy', ansible_become='true')
+    result = push(inventory, [small_closure.top], root, [cache.url], [cache.public_key],
+                  tmp_path / 'controller-cache').assert_ok()
+    realised = result.registered('realised')
+    assert sorted(realised['fetched']) == sorted(small_closure.paths)
+    assert realised['push']['sent_files'] == len(small_closure.paths)
+    store = target_host.path(root)
+    assert_store_matches(store, small_closure)
+    assert os.stat(os.path.join(store, 'nix/store')).st_uid == 0
+    left = target_host.run('ls -A /home/deploy/.ansible/tmp')
+    assert left.returncode == 0 and left.stdout.strip() == ''   # the sent files are gone
