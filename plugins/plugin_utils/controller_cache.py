@@ -163,17 +163,29 @@ class ControllerCache(object):
                     break
                 if mtime >= pinned_after or name.startswith(TEMP_PREFIX):
                     continue
-                try:
-                    os.unlink(os.path.join(self.nar_dir, name))
-                except FileNotFoundError:
-                    pass
-                total -= size
+                if self._evict(name, pinned_after):
+                    total -= size
             if total + incoming > self.max_bytes:
                 raise InsufficientSpace(
                     'the controller cache is full with NARs in use by this run: raise '
                     'controller_cache_max_mb', path=self.directory,
                     expected='%.1f MiB more' % (incoming / MIB),
                     found='%.1f of %.1f MiB used' % (total / MIB, self.max_bytes / MIB))
+
+
+    def _evict(self, name, pinned_after):
+        """Remove one NAR unless a worker used it since it was listed: under its own lock,
+        which a worker holds while it finds (and touches) or downloads it.  No deadlock:
+        a worker that downloads holds the lock of a NAR that is not there to be listed."""
+        path = os.path.join(self.nar_dir, name)
+        with PathLock(path + '.lock'):
+            try:
+                if os.path.getmtime(path) >= pinned_after:
+                    return False
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return True
 
 
 class CachedNarinfos(object):
