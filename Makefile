@@ -28,7 +28,7 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
 
-.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench bench-optimise clean distclean
+.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench bench-optimise bench-push clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
@@ -51,6 +51,7 @@ help:
 	@echo '                  the library (BENCH_ARGS="--runs 1 --wide-paths 30" for a quick run)'
 	@echo 'make bench-optimise  bytes saved and time of store deduplication beside'
 	@echo '                  nix-store --optimise (BENCH_ARGS="--only postgres" for one workload)'
+	@echo 'make bench-push   bytes the cache serves and time for N hosts, push mode against pull'
 	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
 
 deps:
@@ -140,6 +141,10 @@ bench: deps venv
 
 bench-optimise: deps venv
 	$(VENV_BIN)/python benchmarks/optimise.py $(BENCH_ARGS)
+
+# Push mode against pull for N hosts (BENCH_ARGS="--hosts 4 --runs 3").
+bench-push: deps venv
+	$(VENV_BIN)/python benchmarks/push.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -80,6 +80,43 @@ options:
     type: bool
     default: false
     version_added: 0.2.0
+  fetch_on:
+    description:
+      - Where the NARs are fetched from the caches.
+      - V(host) (the default) has the host read the caches itself.
+      - V(controller) has the collection's action plugin read the narinfos and NARs on the
+        controller, once per run for all hosts, into O(controller_cache_dir), and send the
+        NARs a host lacks over that host's own Ansible connection (one tar for the small
+        ones). For hosts that cannot reach the cache (private subnets, a cache on the
+        operator's machine). The host checks every signature against its trusted keys and
+        every NAR against its signed NarHash again, exactly as for a cache; the controller
+        is trusted no more than a cache.
+      - The caches and the cache options are those of the task, read on the controller
+        (with the controller's C(nix.conf) where O(use_nix_conf) fills them in); the
+        trusted keys are checked on both sides.
+      - Not with C(async).
+    type: str
+    choices: [host, controller]
+    default: host
+  controller_cache_dir:
+    description:
+      - With O(fetch_on=controller), the directory on the controller that keeps verified
+        narinfos and NARs (NARs by NarHash) for all hosts and later runs.
+      - Defaults to C(~/.cache/nixcache/controller) (C($XDG_CACHE_HOME/nixcache/controller)).
+    type: path
+  controller_cache_max_mb:
+    description:
+      - With O(fetch_on=controller), the most MiB of NARs O(controller_cache_dir) keeps. The
+        least recently used NARs go first, never those used in the last hour; a closure
+        that cannot fit fails the task before anything is downloaded.
+    type: int
+    default: 10240
+  pushed:
+    description:
+      - Set by the action plugin in push mode (O(fetch_on=controller)) to the narinfos the
+        controller read and the directory on the host it sent the NARs to. Do not set it
+        by hand.
+    type: dict
   progress_file:
     description:
       - A file the module rewrites with its progress while it fetches (paths and bytes done
@@ -133,6 +170,13 @@ EXAMPLES = r'''
     trusted_public_keys: "{{ nix_trusted_keys }}"
   check_mode: true
   register: plan
+
+- name: Fetch on the controller and send to a host that cannot reach the cache
+  nixcache.closure.realise:
+    paths: "{{ postgres_store_path }}"
+    substituters: "{{ nix_caches }}"
+    trusted_public_keys: "{{ nix_trusted_keys }}"
+    fetch_on: controller
 
 - name: Fill the store of a volume mounted at /mnt (an image being built)
   nixcache.closure.realise:
@@ -258,6 +302,23 @@ seconds:
   description: Wall-clock time the module spent.
   returned: always
   type: float
+push:
+  description: In push mode (O(fetch_on=controller)), what the controller did for this host.
+  returned: when O(fetch_on=controller)
+  type: dict
+  contains:
+    controller_cache:
+      description: The controller cache directory.
+      type: str
+    cache_bytes_read:
+      description: Bytes this host's worker read from the caches (NARs other hosts of the run fetched first are not counted again).
+      type: int
+    sent_bytes:
+      description: Bytes sent to the host over its connection.
+      type: int
+    sent_files:
+      description: NARs sent to the host.
+      type: int
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -269,6 +330,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     parse_store_paths,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
+from ansible_collections.nixcache.closure.plugins.module_utils.pushed import pushed_from_options
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import MIB, realise_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import url_secrets
@@ -284,6 +346,10 @@ def main():
             receipt=dict(type='bool', default=True),
             progress_file=dict(type='path'),
             optimise=dict(type='bool', default=False),
+            fetch_on=dict(type='str', choices=['host', 'controller'], default='host'),
+            controller_cache_dir=dict(type='path'),
+            controller_cache_max_mb=dict(type='int', default=10240),
+            pushed=dict(type='dict'),
         ),
         supports_check_mode=True,
     )
@@ -294,7 +360,14 @@ def main():
     try:
         with module_errors(module):
             requested = parse_store_paths(params['paths'])
-            if requested:
+            check_mode = module.check_mode
+            if params['pushed'] is not None:   # push mode: what the controller sent
+                caches, trusted_keys, plan_only = pushed_from_options(params, root=params['root'])
+                check_mode = check_mode or plan_only
+            elif params['fetch_on'] == 'controller':
+                module.fail_json(msg='fetch_on: controller is done by the collection\'s action '
+                                     'plugin, which does not run it asynchronously (async)')
+            elif requested:
                 caches, trusted_keys = caches_from_options(params, root=params['root'])
             else:  # only prepare the store
                 caches, trusted_keys = [], TrustedKeys()
@@ -303,7 +376,7 @@ def main():
                 params['root'], requested, caches, trusted_keys,
                 require_sigs=params['require_sigs'], jobs=params['jobs'],
                 register=params['register'], receipts=params['receipt'], progress=progress,
-                check_mode=module.check_mode, optimise=params['optimise'])
+                check_mode=check_mode, optimise=params['optimise'])
     finally:
         progress.remove()
     result = report.as_dict()
