@@ -430,7 +430,7 @@ class Throttle(object):
     def next_wait(self, error: BaseException) -> Optional[float]:
         """Seconds to wait before the next attempt, or None when out of time."""
         self.answers += 1
-        self.last = _describe(error)
+        self.last = str(error) if getattr(error, 'throttled', False) else _describe(error)
         self.asked = retry_after_of(error)
         left = self.start + self.seconds - time.monotonic()
         if self.asked is not None:
