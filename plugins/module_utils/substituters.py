@@ -17,6 +17,7 @@ import email.utils
 import errno
 import netrc
 import os
+import queue
 import random
 import socket
 import sys
@@ -532,9 +533,7 @@ class Deadline(object):
         a server that drips its headers cannot hold us.
         """
         helper = _Helper(action)
-        thread = threading.Thread(target=helper.run, name='nixcache-request')
-        thread.daemon = True
-        thread.start()
+        _HELPER_THREADS.run(helper)
         if not helper.done.wait(self.left()):
             with helper.lock:
                 if not helper.done.is_set():
@@ -569,6 +568,39 @@ class _Helper(object):
                 value.close()
             except Exception:
                 pass
+
+
+class _HelperThreads(object):
+    """The threads that run Deadline.call's actions, each kept for the next action:
+    starting a thread for every request cost more than a narinfo request itself.  A
+    thread stuck with an abandoned action is simply not there for the next one."""
+
+    IDLE_MAX = 16
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle = []          # the inboxes of idle threads
+
+    def run(self, helper):
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            thread = threading.Thread(target=self._serve, args=(inbox,), name='nixcache-request')
+            thread.daemon = True
+            thread.start()
+        inbox.put(helper)
+
+    def _serve(self, inbox):
+        while True:
+            inbox.get().run()
+            with self._lock:
+                if len(self._idle) >= self.IDLE_MAX:
+                    return
+                self._idle.append(inbox)
+
+
+_HELPER_THREADS = _HelperThreads()
 
 
 class DeadlineReader(object):
