@@ -12,6 +12,7 @@ store or absent.  Decompression and unpacking stop as soon as the stream goes be
 NarSize the signed narinfo declares.
 """
 
+import collections
 import concurrent.futures
 import os
 import time
@@ -224,14 +225,26 @@ class Realiser(object):
                     waiting[dependent].discard(path)
                     install_if_ready(dependent)
 
-            for item in plan.to_fetch:   # references first
-                running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
+            queued = collections.deque(plan.to_fetch)   # references first
+            downloading = [0]
+
+            def start_downloads():
+                """Keep ``2 * jobs`` downloads submitted, not the whole closure: each wait
+                goes over every future submitted."""
+                while queued and not failures and downloading[0] < 2 * self.jobs:
+                    item = queued.popleft()
+                    running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
+                    downloading[0] += 1
+
+            start_downloads()
             try:
                 while running:
                     done, _pending = concurrent.futures.wait(
                         list(running), return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
                         step, path = running.pop(future)
+                        if step == 'unpack':
+                            downloading[0] -= 1
                         if future.cancelled():
                             continue
                         try:
@@ -253,6 +266,7 @@ class Realiser(object):
                             used.append(result[0])
                             downloaded[path] = result[1]
                         now_valid(path)
+                    start_downloads()
             except BaseException:
                 for future in running:
                     future.cancel()
