@@ -204,6 +204,7 @@ class Realiser(object):
         from ansible_collections.nixcache.closure.plugins.module_utils import compression
         self._open_decompressed = compression.open_decompressed
         items = dict((item.store_path, item) for item in plan.to_fetch)
+        self.store.remove_stale_copies(items)   # one listing of the store, not one a path
         waiting = dict((path, set(ref for ref in item.references if ref in items))
                        for path, item in items.items())
         dependents = {}
@@ -301,7 +302,7 @@ class Realiser(object):
             with self.store.lock_path(store_path):
                 if self.store.exists(store_path) and self.present([store_path]):
                     return None
-                self.store.remove_invalid(store_path)
+                self.store.remove_invalid(store_path, stale_copies=False)   # done at the start
                 self.store.commit(temp_dir, store_path)
                 if self.register:
                     try:
