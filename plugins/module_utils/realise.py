@@ -12,6 +12,7 @@ store or absent.  Decompression and unpacking stop as soon as the stream goes be
 NarSize the signed narinfo declares.
 """
 
+import collections
 import concurrent.futures
 import os
 import time
@@ -209,6 +210,7 @@ class Realiser(object):
         from ansible_collections.nixcache.closure.plugins.module_utils import compression
         self._open_decompressed = compression.open_decompressed
         items = dict((item.store_path, item) for item in plan.to_fetch)
+        self.store.remove_stale_copies(items)   # one listing of the store, not one a path
         waiting = dict((path, set(ref for ref in item.references if ref in items))
                        for path, item in items.items())
         dependents = {}
@@ -230,14 +232,26 @@ class Realiser(object):
                     waiting[dependent].discard(path)
                     install_if_ready(dependent)
 
-            for item in plan.to_fetch:   # references first
-                running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
+            queued = collections.deque(plan.to_fetch)   # references first
+            downloading = [0]
+
+            def start_downloads():
+                """Keep ``2 * jobs`` downloads submitted, not the whole closure: each wait
+                goes over every future submitted."""
+                while queued and not failures and downloading[0] < 2 * self.jobs:
+                    item = queued.popleft()
+                    running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
+                    downloading[0] += 1
+
+            start_downloads()
             try:
                 while running:
                     done, _pending = concurrent.futures.wait(
                         list(running), return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
                         step, path = running.pop(future)
+                        if step == 'unpack':
+                            downloading[0] -= 1
                         if future.cancelled():
                             continue
                         try:
@@ -259,6 +273,7 @@ class Realiser(object):
                             used.append(result[0])
                             downloaded[path] = result[1]
                         now_valid(path)
+                    start_downloads()
             except BaseException:
                 for future in running:
                     future.cancel()
@@ -293,7 +308,7 @@ class Realiser(object):
             with self.store.lock_path(store_path):
                 if self.store.exists(store_path) and self.present([store_path]):
                     return None
-                self.store.remove_invalid(store_path)
+                self.store.remove_invalid(store_path, stale_copies=False)   # done at the start
                 self.store.commit(temp_dir, store_path)
                 if self.register:
                     try:
