@@ -60,8 +60,8 @@ options:
     default: 3
   throttle_timeout:
     description:
-      - Seconds one request may keep being asked again while the cache throttles it: HTTP 429,
-        an HTTP 503 with C(Retry-After), or S3's C(SlowDown). These answers do not count against
+      - Seconds one request may keep being asked again while the cache throttles it (HTTP 429,
+        an HTTP 503 with C(Retry-After), or S3's C(SlowDown)). These answers do not count against
         O(retries).
       - Each wait is the one the cache names in C(Retry-After) (seconds or an HTTP date), else an
         exponential back-off with jitter of at most 15 s.

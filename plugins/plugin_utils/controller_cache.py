@@ -172,7 +172,6 @@ class ControllerCache(object):
                     expected='%.1f MiB more' % (incoming / MIB),
                     found='%.1f of %.1f MiB used' % (total / MIB, self.max_bytes / MIB))
 
-
     def _evict(self, name, pinned_after):
         """Remove one NAR unless a worker used it since it was listed: under its own lock,
         which a worker holds while it finds (and touches) or downloads it.  No deadlock:
