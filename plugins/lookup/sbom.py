@@ -5,7 +5,7 @@
 DOCUMENTATION = r'''
 name: sbom
 short_description: The SBOM of a closure from the binary caches alone, before anything is built
-version_added: 0.3.0
+version_added: 0.2.0
 description:
   - Walks the closure of the given store paths through the caches' C(.narinfo) files (checking
     signatures as M(nixcache.closure.realise) does) and returns its SBOM as CycloneDX (1.5 or

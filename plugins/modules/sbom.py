@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: sbom
 short_description: Write the SBOM of a closure in a host's Nix store (CycloneDX and SPDX)
-version_added: 0.3.0
+version_added: 0.2.0
 description:
   - Writes a software bill of materials of the closure of the given store paths, as it is
     in the host's Nix store, as CycloneDX (1.5 or 1.6) JSON and SPDX 2.3 JSON, for
@@ -38,7 +38,7 @@ options:
   paths:
     description:
       - The top store paths; the document covers their closure. They must be valid.
-      - Default, the paths of every receipt under O(root) that are still valid: everything
+      - Default, the paths of every receipt under O(root) that are still valid, so everything
         M(nixcache.closure.realise) put on the host (an image's SBOM).
     type: list
     elements: str
