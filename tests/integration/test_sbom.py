@@ -11,7 +11,7 @@ import pytest
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import parse_hash
 from ansible_collections.nixcache.closure.plugins.module_utils.sbom import split_name, spdx_id
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import StorePath
-from nixtest import nix
+from nixtest import interpreters, nix
 from nixtest.sbom import cyclonedx_errors, spdx_errors
 from nixtest.ansible import run_playbook
 
@@ -131,8 +131,13 @@ def test_module_documents_are_valid_and_agree_with_real_nix(version, caches, pg_
     assert [os.stat(path).st_mtime_ns for path in files.values()] == written
 
 
-@pytest.mark.parametrize('version', ['1.5', '1.6'])
-def test_lookup_gives_the_module_document_byte_for_byte(version, caches, pg_closure, small_closure, http_cache, alt_root, tmp_path):
+@pytest.mark.parametrize('version, controller', [('1.5', 'default'), ('1.6', 'default'),
+                                                 ('1.6', 'oldest'), ('1.6', 'newest')])
+def test_lookup_gives_the_module_document_byte_for_byte(version, controller, caches, pg_closure, small_closure, http_cache, alt_root,
+                                                        tmp_path):
+    """The lookup's text, written by ansible.builtin.copy on the controller, is the module's
+    file; under every controller (no templating turns the JSON text into data)."""
+    ansible_playbook = interpreters.controller_playbook(controller)
     url = http_cache.url_for('xz')
     paths = [pg_closure.top, small_closure.top]
     on_host, on_controller = tmp_path / 'host', tmp_path / 'controller'
@@ -141,7 +146,8 @@ def test_lookup_gives_the_module_document_byte_for_byte(version, caches, pg_clos
                                             paths=paths)).assert_ok()
     http_cache.reset()
     run_playbook(LOOKUP, extra_vars=play_vars(pg_closure, caches, url, alt_root, on_controller,
-                                              version, paths=paths)).assert_ok()
+                                              version, paths=paths),
+                 ansible_playbook=ansible_playbook).assert_ok()
     assert http_cache.fetched('*.narinfo') and http_cache.fetched('*/nar/*') == []  # narinfos only
     for name in ('closure.cdx.json', 'closure.spdx.json'):
         assert (on_controller / name).read_bytes() == (on_host / name).read_bytes(), name
