@@ -62,6 +62,11 @@ _raw:
   elements: str
 '''
 
+try:   # ansible-core before 2.19 turns text that looks like JSON into data, unless marked so
+    from ansible.utils.native_jinja import NativeJinjaText as _Text
+except ImportError:   # 2.19 and later keep a lookup's text as it is
+    _Text = str
+
 from ansible_collections.nixcache.closure.plugins.module_utils import sbom
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import plan_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.common import parse_store_paths
@@ -86,4 +91,4 @@ class LookupModule(CacheLookupBase):
                                 jobs=self.get_option('jobs'))
             document = sbom.build(self.get_option('format'), sbom.records_from_plan(plan.to_fetch),
                                   tops, document_options)
-        return [sbom.serialise(document).decode('utf-8')]
+        return [_Text(sbom.serialise(document).decode('utf-8'))]
