@@ -20,4 +20,3 @@ def spdx_errors(path):
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
     return [message.validation_message
             for message in validate_full_spdx_document(parse_file(str(path)), 'SPDX-2.3')]
-
