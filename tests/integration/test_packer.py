@@ -32,6 +32,7 @@ import pytest
 from nixtest import REPO, fixtures
 from nixtest.ansible import ansible_bin
 from nixtest.http import CacheServer
+from nixtest.sbom import cyclonedx_errors, spdx_errors
 from nixtest.daemon import free_port
 from nixtest.target import TargetHost
 
@@ -349,6 +350,9 @@ def packer_build(tmp_path, variables, only=None):
     return proc, variables['manifest_path']
 
 
+SBOM_TIMESTAMP = '2026-01-31T00:00:00Z'
+
+
 # -- tests ---------------------------------------------------------------------------------
 
 def validate(tmp_path, variables, only=None):
@@ -469,7 +473,7 @@ def test_packer_build_two_architectures(aws_env, tmp_path, build_vars, moto, pac
     by_arch = {'x86_64': pg_closure, 'arm64': pg_closure_b}
     proc, manifest_path = packer_build(tmp_path, dict(
         build_vars, ami_name_prefix='nixtest-postgres', pins=pins,
-        ami_regions=[COPY_REGION], tags={'team': 'databases'},
+        ami_regions=[COPY_REGION], tags={'team': 'databases'}, sbom_timestamp=SBOM_TIMESTAMP,
         substituters=[s3_cache], trusted_public_keys=[caches['zstd'].public_key]))
     assert proc.returncode == 0, show(proc)
 
@@ -519,6 +523,7 @@ def test_packer_build_two_architectures(aws_env, tmp_path, build_vars, moto, pac
             receipt = json.load(f)
         assert closure.top in json.dumps(receipt), receipt
         assert BUCKET in json.dumps(receipt), receipt
+        assert_image_sbom(build['custom_data']['sbom'], closure)
 
         # and the "instance" has PostgreSQL from the cache, and what the cache needed
         target = packer_targets[arch]
@@ -530,6 +535,19 @@ def test_packer_build_two_architectures(aws_env, tmp_path, build_vars, moto, pac
         assert installed(target, 'python3-boto3'), arch
         for package in ('zstd', 'python3-brotli', 'python3-zstandard', 'python3-apt'):
             assert not installed(target, package), (arch, package)
+
+
+def assert_image_sbom(directory, closure):
+    """The image's SBOM came back beside the receipts: valid, with the pinned time and a
+    component for every path of the closure."""
+    with open(os.path.join(directory, 'image.cdx.json')) as f:
+        text = f.read()
+    assert cyclonedx_errors(text, '1.6') == []
+    assert spdx_errors(os.path.join(directory, 'image.spdx.json')) == []
+    document = json.loads(text)
+    assert document['metadata']['timestamp'] == SBOM_TIMESTAMP
+    assert {'name': 'nixcache:top_path', 'value': closure.top} in document['metadata']['properties']
+    assert set(closure.paths) <= set(component['bom-ref'] for component in document['components'])
 
 
 def test_packer_build_shows_progress_of_a_slow_realisation(

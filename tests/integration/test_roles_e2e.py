@@ -22,6 +22,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.pins import nix_s
 from nixtest import REPO, fixtures
 from nixtest.ansible import run_playbook
 from nixtest.http import CacheServer
+from nixtest.sbom import cyclonedx_errors, spdx_errors
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +147,16 @@ def changed(result):
     return {event['task']: event['result'] for event in result.events if event['changed']}
 
 
+def assert_image_sbom(target, paths):
+    """The roles left the image's SBOM beside the receipts: valid, covering ``paths``."""
+    directory = target.path('/nix/var/nixcache/sbom')
+    with open(os.path.join(directory, 'image.cdx.json')) as f:
+        text = f.read()
+    assert cyclonedx_errors(text, '1.6') == []
+    assert spdx_errors(os.path.join(directory, 'image.spdx.json')) == []
+    assert paths <= set(component['bom-ref'] for component in json.loads(text)['components'])
+
+
 def test_dry_run_on_a_fresh_host_reports_the_plan_and_changes_nothing(
         target_host, servers, pg_closure, pg_extra, tmp_path):
     target = target_host
@@ -225,6 +236,7 @@ def test_roles_then_contract_tasks(target_host, servers, pg_closure, pg_closure_
     run_playbook(EDITS, target.inventory()).assert_ok()
     again = apply_roles(target, servers, pg_closure.top, [pg_extra.top])
     assert again.changed_tasks() == []
+    assert_image_sbom(target, set(pg_closure.paths) | {pg_extra.top, servers['nix_store_path']})
     edits_again = run_playbook(EDITS, target.inventory())
     edits_again.assert_ok()
     assert edits_again.changed_tasks() == []
