@@ -242,6 +242,12 @@ variable "sbom_timestamp" {
   description = "The time written into each image's SBOM (UTC such as 2026-01-31T00:00:00Z, or seconds since 1970), for documents that the same pins always reproduce; empty: the time of the build."
 }
 
+variable "optimise_store" {
+  type        = bool
+  default     = true
+  description = "Hard-link identical files in the image's store as the roles fill it (/nix/store/.links, as nix-store --optimise does), and set auto-optimise-store in nix.conf: smaller snapshots."
+}
+
 variable "galaxy_file" {
   type        = string
   default     = ""
@@ -341,6 +347,7 @@ locals {
         # the image's SBOM, written by the roles beside the receipts
         postgres_sbom_timestamp  = var.sbom_timestamp
         nix_store_sbom_timestamp = var.sbom_timestamp
+        optimise                 = var.optimise_store
       }
     }
   }
