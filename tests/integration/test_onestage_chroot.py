@@ -1,0 +1,279 @@
+"""The one-stage image build's chroot step, for real, on a volume of its own.
+
+``packer/scripts/surrogate-build.sh`` is what the surrogate instance runs in
+``packer/postgres-ami-surrogate.pkr.hcl``.  Here this machine is the surrogate and the
+"attached volume" is an image file: the script partitions it (GPT), formats it (vfat for
+EFI, ext4 for the root), attaches the partitions as loop devices, unpacks the
+debootstrap'd Debian root into it, bind-mounts /dev, /proc and /sys, installs this
+collection from its Galaxy tarball (community.general, for its chroot connection, comes
+from ``make collections-extra``) and runs the installed collection's playbook
+(``nixcache.closure.postgres``, that is ``playbooks/postgres.yml``) with ``-c community.general.chroot -i '<mount>,'``.
+Each run is in a private mount namespace, so nothing can leak into the machine's mount
+table even if the script misbehaved; inside it the test still checks that the script
+unmounted everything itself and detached its loop devices, also when the playbook fails.
+
+The result is judged from outside, as the AMI's first boot would see the volume: its root
+partition mounted again, real ``nix-store --store ROOT --verify --check-contents``, and
+Postgres started from the root (``chroot ROOT`` as the postgres user: initdb, pg_ctl start,
+rows written and read back with psql).
+"""
+import json
+import os
+import subprocess
+
+import pytest
+
+from nixtest import BUILD_DIR, REPO, fixtures
+from nixtest.ansible import CALLBACK_DIR, ansible_bin
+from nixtest.http import CacheServer
+from nixtest.target import base_tarball
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = os.path.join(REPO, 'packer', 'scripts', 'surrogate-build.sh')
+PLAYBOOK = os.path.join(REPO, 'playbooks', 'postgres.yml')
+COLLECTIONS_EXTRA = os.path.join(BUILD_DIR, 'collections-extra')
+COMMUNITY_GENERAL = os.path.join(COLLECTIONS_EXTRA, 'ansible_collections', 'community', 'general')
+VOLUME_SIZE = 2 * 1024 ** 3
+
+# Runs in the private mount namespace: the script, then whether it left anything mounted.
+_BUILD = r'''
+bash "$SCRIPT"; rc=$?
+if findmnt -rn -R "$NIXCACHE_MOUNT" >/dev/null; then
+    echo "LEFT MOUNTED: $(findmnt -rn -o TARGET -R "$NIXCACHE_MOUNT" | tr '\n' ' ')"
+fi
+exit $rc
+'''
+
+# Runs in a private mount namespace: the volume's root partition mounted as on first boot,
+# the store judged by real Nix, then Postgres started inside the root as the postgres user.
+_INSPECT = r'''
+set -eu
+read -r start sectors < <(partx -g -n 3 -o START,SECTORS "$VOLUME")
+loop=$(losetup --find --show --offset $((start * 512)) --sizelimit $((sectors * 512)) "$VOLUME")
+trap 'umount -R "$R" 2>/dev/null; losetup -d "$loop"' EXIT
+mount "$loop" "$R"
+echo "FSTAB $(grep -c '^UUID=' "$R/etc/fstab")"
+nix-store --store "$R" --verify --check-contents 2>&1 | sed 's/^/VERIFY /'
+echo "VERIFY-RC ${PIPESTATUS[0]}"
+NIX_CONFIG="experimental-features = nix-command" nix --store "$R" path-info -r "$TOP" | sed 's/^/CLOSURE /'
+mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+as_postgres() { chroot --userspec=postgres:postgres "$R" env -i PATH=/usr/bin:/bin HOME=/var/lib/postgresql LC_ALL=C "$@"; }
+as_postgres /usr/lib/postgresql/bin/initdb -D /tmp/pgcheck -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+as_postgres /usr/lib/postgresql/bin/pg_ctl -D /tmp/pgcheck -l /tmp/pgcheck.log -w \
+    -o "-c listen_addresses= -c unix_socket_directories=/tmp" start >/dev/null
+psql() { as_postgres /usr/lib/postgresql/bin/psql -h /tmp -U postgres -d postgres -XAtc "$1"; }
+psql 'create table rows (i int); insert into rows select generate_series(1, 1000)' >/dev/null
+echo "ROWS $(psql 'select count(*) from rows')"
+echo "VERSION $(psql 'select version()')"
+as_postgres /usr/lib/postgresql/bin/pg_ctl -D /tmp/pgcheck -m fast -w stop >/dev/null
+echo "PROFILE $(chroot "$R" readlink -f /var/lib/postgresql/.nix-profile)"
+'''
+
+
+def _require_tools():
+    for tool in ('/usr/sbin/sfdisk', '/usr/sbin/mkfs.vfat', '/usr/sbin/debootstrap'):
+        if not os.path.exists(tool):
+            pytest.fail('%s is missing: run `make deps`' % tool, pytrace=False)
+    if not os.path.isdir(COMMUNITY_GENERAL):
+        pytest.fail('community.general is missing: run `make collections-extra`', pytrace=False)
+
+
+@pytest.fixture(scope='module')
+def tarball(tmp_path_factory):
+    """This collection's Galaxy artifact, as ``ansible-galaxy collection build`` makes it:
+    what the surrogate installs.  (community.general, for the chroot connection, comes from
+    ``make collections-extra``: the wheel's copy lacks files its FILES.json lists, so it
+    makes no installable artifact.)"""
+    _require_tools()
+    out = str(tmp_path_factory.mktemp('tarball'))
+    built = subprocess.run([ansible_bin('ansible-galaxy'), 'collection', 'build',
+                            '--output-path', out, REPO],
+                           capture_output=True, text=True, check=False, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (name,) = os.listdir(out)
+    return os.path.join(out, name)
+
+
+@pytest.fixture(scope='module')
+def cache_vars(caches, pg_closure):
+    """The zstd Postgres cache and a cache of Nix itself over HTTP on loopback (the
+    chroot shares the machine's network), as the playbook's variables."""
+    keys = fixtures.keys()
+    nix_closure = fixtures.nix_closure()
+    nix_caches = fixtures.caches(keys, [nix_closure], root=os.path.join(
+        fixtures.FIXTURES_BUILD_DIR, 'caches-nix'), compressions=('xz',))
+    with CacheServer(caches.root) as pg_server, CacheServer(nix_caches.root) as nix_server:
+        yield {'postgres_store_path': pg_closure.top, 'nix_store_path': nix_closure.top,
+               'substituters': [pg_server.url_for('zstd'), nix_server.url_for('xz')],
+               'trusted_public_keys': [keys.trusted.public]}
+
+
+def new_volume(directory):
+    path = os.path.join(str(directory), 'volume.img')
+    with open(path, 'wb') as f:
+        f.truncate(VOLUME_SIZE)
+    return path
+
+
+def loops_of(volume):
+    return subprocess.run(['losetup', '-n', '-O', 'NAME', '-j', volume], capture_output=True,
+                          text=True, check=True).stdout.split()
+
+
+def surrogate_build(workdir, volume, extra_vars, **settings):
+    """Run the script as the surrogate would (as root), in a private mount namespace;
+    the CompletedProcess and the task results the playbook recorded."""
+    workdir = str(workdir)
+    mount = os.path.join(workdir, 'mnt')
+    vars_file = os.path.join(workdir, 'vars.json')
+    with open(vars_file, 'w') as f:
+        json.dump(extra_vars, f)
+    results = os.path.join(workdir, 'results.jsonl')
+    home = os.path.join(workdir, 'home')
+    os.makedirs(home, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'NIXCACHE_'))}
+    env.update({
+        'PATH': os.path.dirname(ansible_bin()) + os.pathsep + env.get('PATH', '/usr/bin:/bin'),
+        'HOME': home, 'ANSIBLE_HOME': os.path.join(home, '.ansible'),
+        'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'False', 'ANSIBLE_NOCOLOR': '1',
+        'ANSIBLE_CALLBACK_PLUGINS': CALLBACK_DIR, 'ANSIBLE_CALLBACKS_ENABLED': 'nixtest_record',
+        'NIXTEST_RESULTS_FILE': results,
+        'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS_EXTRA,
+        'SCRIPT': SCRIPT,
+        'NIXCACHE_VOLUME': volume, 'NIXCACHE_MOUNT': mount,
+        'NIXCACHE_ROOTFS': base_tarball(), 'NIXCACHE_PLAYBOOK': 'nixcache.closure.postgres',
+        'NIXCACHE_EXTRA_VARS': vars_file, 'NIXCACHE_WORK': os.path.join(workdir, 'work'),
+    })
+    env.update(settings)
+    proc = subprocess.run(['unshare', '--mount', '--propagation', 'private', '--',
+                           'bash', '-c', _BUILD], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=1500, check=False)
+    events = []
+    if os.path.exists(results):
+        with open(results) as f:
+            events = [record for record in map(json.loads, f) if record['kind'] == 'task']
+    return proc, events
+
+
+def inspect(volume, workdir, top):
+    """What the volume's root holds, seen after the build: lines by kind."""
+    root = os.path.join(str(workdir), 'inspect')
+    os.makedirs(root, exist_ok=True)
+    proc = subprocess.run(['unshare', '--mount', '--propagation', 'private', '--',
+                           'bash', '-c', _INSPECT],
+                          env=dict(os.environ, VOLUME=volume, R=root, TOP=top),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, show(proc)
+    found = {}
+    for line in proc.stdout.splitlines():
+        kind, _sep, rest = line.partition(' ')
+        found.setdefault(kind, []).append(rest)
+    return found, proc
+
+
+def show(proc):
+    return 'rc=%s\n--- stdout ---\n%s\n--- stderr ---\n%s' % (
+        proc.returncode, proc.stdout[-20000:], proc.stderr[-20000:])
+
+
+@pytest.fixture
+def volume(tmp_path):
+    path = new_volume(tmp_path)
+    yield path
+    for loop in loops_of(path):  # only if the script failed to: the test then fails too
+        subprocess.run(['losetup', '-d', loop], check=False)
+
+
+def test_chroot_build_puts_postgres_on_the_volume(tmp_path, volume, tarball, cache_vars,
+                                                  pg_closure):
+    host_profile = '/var/lib/postgresql/.nix-profile'
+    host_had_profile = os.path.lexists(host_profile)
+    proc, events = surrogate_build(tmp_path, volume, cache_vars,
+                                   NIXCACHE_COLLECTIONS=tarball)
+    assert proc.returncode == 0, show(proc)
+    assert 'LEFT MOUNTED' not in proc.stdout, show(proc)
+    assert loops_of(volume) == [], show(proc)
+    assert 'nothing is mounted' in proc.stderr, show(proc)
+
+    # every module ran in the chroot with its own Python, never with root: set
+    assert events, show(proc)
+    assert {e['host'] for e in events} == {os.path.join(str(tmp_path), 'mnt')}, events[:3]
+    interpreters = {e['result']['ansible_facts']['discovered_interpreter_python']
+                    for e in events if 'discovered_interpreter_python'
+                    in e['result'].get('ansible_facts', {})}
+    # (the chroot's own Debian Python, found by discovery inside it, not the controller's)
+    assert len(interpreters) == 1 and interpreters.pop().startswith('/usr/bin/python3'), events
+    realised = [e for e in events if e['action'] == 'nixcache.closure.realise']
+    assert realised and all(e['status'] == 'ok' for e in realised), realised
+    assert any(pg_closure.top in json.dumps(e['result']) for e in realised), realised
+    version = [e for e in events if e['task'] == 'Show the version']
+    assert version and pg_closure.version in version[0]['result']['msg'], version
+    # ... and nothing of it landed on the surrogate
+    assert os.path.lexists(host_profile) == host_had_profile
+
+    found, inspected = inspect(volume, tmp_path, pg_closure.top)
+    assert found['FSTAB'] == ['2'], show(inspected)
+    assert found['VERIFY-RC'] == ['0'], show(inspected)
+    assert not any('modified' in line or 'error' in line for line in found.get('VERIFY', [])), \
+        show(inspected)
+    assert sorted(found['CLOSURE']) == sorted(pg_closure.paths), show(inspected)
+    assert found['ROWS'] == ['1000'], show(inspected)
+    assert found['VERSION'][0].startswith('PostgreSQL %s' % pg_closure.version), show(inspected)
+    assert found['PROFILE'] == [pg_closure.top], show(inspected)
+
+
+def test_refuses_a_volume_that_holds_data(tmp_path, volume, tarball, cache_vars):
+    """A volume with a partition table is not overwritten unless NIXCACHE_WIPE=yes."""
+    subprocess.run(['sfdisk', '--quiet', '--label', 'gpt', volume], input='type=L\n',
+                   text=True, check=True, capture_output=True)
+    with open(volume, 'rb') as f:
+        before = f.read(1024 * 1024)
+    proc, events = surrogate_build(tmp_path, volume, cache_vars,
+                                   NIXCACHE_COLLECTIONS=tarball)
+    assert proc.returncode != 0, show(proc)
+    assert 'already holds a partition table or file system; set NIXCACHE_WIPE=yes' \
+        in proc.stderr, show(proc)
+    assert events == []
+    with open(volume, 'rb') as f:
+        assert f.read(1024 * 1024) == before
+    assert loops_of(volume) == []
+
+
+def test_failed_playbook_leaves_nothing_mounted(tmp_path, volume, tarball, cache_vars,
+                                                nix_keys):
+    """A closure no trusted key signs fails the playbook; the script still unmounts
+    /dev, /proc, /sys and the volume and detaches its loop devices, and says so."""
+    untrusted = dict(cache_vars, trusted_public_keys=[nix_keys.untrusted.public],
+                     nix_store_path='')
+    proc, events = surrogate_build(tmp_path, volume, untrusted, NIXCACHE_WIPE='yes',
+                                   NIXCACHE_COLLECTIONS=tarball)
+    assert proc.returncode != 0, show(proc)
+    failed = [e for e in events if e['status'] == 'failed']
+    assert [e['action'] for e in failed] == ['nixcache.closure.cache_needs'] or \
+        [e['action'] for e in failed] == ['nixcache.closure.realise'], failed
+    assert 'everything mounted or attached was undone' in proc.stderr, show(proc)
+    assert 'LEFT MOUNTED' not in proc.stdout, show(proc)
+    assert loops_of(volume) == [], show(proc)
+
+
+def test_script_refuses_bad_settings(tmp_path):
+    """Missing or wrong settings stop the script before it touches anything."""
+    env = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'}
+    for settings, message in (
+            ({}, 'NIXCACHE_VOLUME is not set'),
+            ({'NIXCACHE_VOLUME': '/dev/xvdf', 'NIXCACHE_PLAYBOOK': '/nonexistent.yml'},
+             'no playbook at /nonexistent.yml')):
+        proc = subprocess.run(['bash', SCRIPT], env=dict(env, **settings), capture_output=True,
+                              text=True, check=False, timeout=60)
+        assert proc.returncode != 0 and message in proc.stderr, (settings, show(proc))
+    mount = tmp_path / 'busy'
+    mount.mkdir()
+    (mount / 'file').write_text('x')
+    proc = subprocess.run(['bash', SCRIPT], env=dict(
+        env, NIXCACHE_VOLUME=new_volume(tmp_path), NIXCACHE_PLAYBOOK=PLAYBOOK,
+        NIXCACHE_MOUNT=str(mount), NIXCACHE_ROOTFS=PLAYBOOK,
+        ANSIBLE_PLAYBOOK='true', ANSIBLE_GALAXY='true'),
+        capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode != 0 and 'is not empty' in proc.stderr, show(proc)
