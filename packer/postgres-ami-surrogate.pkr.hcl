@@ -225,8 +225,8 @@ variable "work_dir" {
 
 variable "execute_command" {
   type        = string
-  default     = "sudo -E sh -c '{{ .Vars }} {{ .Path }}'"
-  description = "How the surrogate runs the scripts (as root)."
+  default     = "sudo -E sh -c '. {{ .EnvVarFile }} && {{ .Path }}'"
+  description = "How the surrogate runs the scripts (as root); the settings come in a file of quoted assignments (use_env_var_file)."
 }
 
 locals {
@@ -286,6 +286,7 @@ source "amazon-ebssurrogate" "postgres" {
     iops                  = 3000
     throughput            = 125
     delete_on_termination = true
+    omit_from_artifact    = true
   }
   launch_block_device_mappings {
     device_name           = var.volume_device
@@ -339,8 +340,9 @@ build {
 
   # The collections' Galaxy artifacts and the scripts, onto the surrogate.
   provisioner "shell" {
-    inline          = ["mkdir -p ${local.collections}", "chmod 0777 ${local.collections}"]
-    execute_command = var.execute_command
+    inline           = ["mkdir -p ${local.collections}", "chmod 0777 ${local.collections}"]
+    execute_command  = var.execute_command
+    use_env_var_file = true
   }
   provisioner "file" {
     sources     = var.collection_tarballs
@@ -355,12 +357,14 @@ build {
   provisioner "shell" {
     script           = "${path.root}/scripts/surrogate-tools.sh"
     execute_command  = var.execute_command
+    use_env_var_file = true
     environment_vars = ["NIXCACHE_ANSIBLE_DIR=${var.ansible_dir}", "NIXCACHE_ANSIBLE_CORE=${var.ansible_core}"]
   }
 
   provisioner "shell" {
-    script          = "${path.root}/scripts/surrogate-build.sh"
-    execute_command = var.execute_command
+    script           = "${path.root}/scripts/surrogate-build.sh"
+    execute_command  = var.execute_command
+    use_env_var_file = true
     environment_vars = [
       "NIXCACHE_VOLUME=${var.volume_path != "" ? var.volume_path : var.volume_device}",
       "NIXCACHE_MOUNT=${var.mount_point}",

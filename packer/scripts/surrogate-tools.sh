@@ -13,7 +13,8 @@ want() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
 want sfdisk fdisk
 want mkfs.vfat dosfstools
 want debootstrap debootstrap
-want nvme nvme-cli
+# only on instances with NVMe disks (Nitro), where the volume is not named /dev/xvdf
+if [ -n "$(ls /sys/class/nvme 2>/dev/null)" ]; then want nvme nvme-cli; fi
 if [ ! -x "$DIR/bin/ansible-playbook" ]; then
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$missing python3-venv"
 fi

@@ -26,7 +26,9 @@ import pytest
 from nixtest import BUILD_DIR, REPO, fixtures
 from nixtest.ansible import CALLBACK_DIR, ansible_bin
 from nixtest.http import CacheServer
+from nixtest.packer import show
 from nixtest.target import base_tarball
+from nixtest.volume import assert_postgres_on, loops_of, new_volume
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +36,6 @@ SCRIPT = os.path.join(REPO, 'packer', 'scripts', 'surrogate-build.sh')
 PLAYBOOK = os.path.join(REPO, 'playbooks', 'postgres.yml')
 COLLECTIONS_EXTRA = os.path.join(BUILD_DIR, 'collections-extra')
 COMMUNITY_GENERAL = os.path.join(COLLECTIONS_EXTRA, 'ansible_collections', 'community', 'general')
-VOLUME_SIZE = 2 * 1024 ** 3
 
 # Runs in the private mount namespace: the script, then whether it left anything mounted.
 _BUILD = r'''
@@ -44,33 +45,6 @@ if findmnt -rn -R "$NIXCACHE_MOUNT" >/dev/null; then
 fi
 exit $rc
 '''
-
-# Runs in a private mount namespace: the volume's root partition mounted as on first boot,
-# the store judged by real Nix, then Postgres started inside the root as the postgres user.
-_INSPECT = r'''
-set -eu
-read -r start sectors < <(partx -g -n 3 -o START,SECTORS "$VOLUME")
-loop=$(losetup --find --show --offset $((start * 512)) --sizelimit $((sectors * 512)) "$VOLUME")
-trap 'umount -R "$R" 2>/dev/null; losetup -d "$loop"' EXIT
-mount "$loop" "$R"
-echo "FSTAB $(grep -c '^UUID=' "$R/etc/fstab")"
-nix-store --store "$R" --verify --check-contents 2>&1 | sed 's/^/VERIFY /'
-echo "VERIFY-RC ${PIPESTATUS[0]}"
-NIX_CONFIG="experimental-features = nix-command" nix --store "$R" path-info -r "$TOP" | sed 's/^/CLOSURE /'
-mount -t proc proc "$R/proc"
-mount --rbind /dev "$R/dev"
-as_postgres() { chroot --userspec=postgres:postgres "$R" env -i PATH=/usr/bin:/bin HOME=/var/lib/postgresql LC_ALL=C "$@"; }
-as_postgres /usr/lib/postgresql/bin/initdb -D /tmp/pgcheck -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-as_postgres /usr/lib/postgresql/bin/pg_ctl -D /tmp/pgcheck -l /tmp/pgcheck.log -w \
-    -o "-c listen_addresses= -c unix_socket_directories=/tmp" start >/dev/null
-psql() { as_postgres /usr/lib/postgresql/bin/psql -h /tmp -U postgres -d postgres -XAtc "$1"; }
-psql 'create table rows (i int); insert into rows select generate_series(1, 1000)' >/dev/null
-echo "ROWS $(psql 'select count(*) from rows')"
-echo "VERSION $(psql 'select version()')"
-as_postgres /usr/lib/postgresql/bin/pg_ctl -D /tmp/pgcheck -m fast -w stop >/dev/null
-echo "PROFILE $(chroot "$R" readlink -f /var/lib/postgresql/.nix-profile)"
-'''
-
 
 def _require_tools():
     for tool in ('/usr/sbin/sfdisk', '/usr/sbin/mkfs.vfat', '/usr/sbin/debootstrap'):
@@ -110,18 +84,6 @@ def cache_vars(caches, pg_closure):
                'trusted_public_keys': [keys.trusted.public]}
 
 
-def new_volume(directory):
-    path = os.path.join(str(directory), 'volume.img')
-    with open(path, 'wb') as f:
-        f.truncate(VOLUME_SIZE)
-    return path
-
-
-def loops_of(volume):
-    return subprocess.run(['losetup', '-n', '-O', 'NAME', '-j', volume], capture_output=True,
-                          text=True, check=True).stdout.split()
-
-
 def surrogate_build(workdir, volume, extra_vars, **settings):
     """Run the script as the surrogate would (as root), in a private mount namespace;
     the CompletedProcess and the task results the playbook recorded."""
@@ -155,27 +117,6 @@ def surrogate_build(workdir, volume, extra_vars, **settings):
         with open(results) as f:
             events = [record for record in map(json.loads, f) if record['kind'] == 'task']
     return proc, events
-
-
-def inspect(volume, workdir, top):
-    """What the volume's root holds, seen after the build: lines by kind."""
-    root = os.path.join(str(workdir), 'inspect')
-    os.makedirs(root, exist_ok=True)
-    proc = subprocess.run(['unshare', '--mount', '--propagation', 'private', '--',
-                           'bash', '-c', _INSPECT],
-                          env=dict(os.environ, VOLUME=volume, R=root, TOP=top),
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, show(proc)
-    found = {}
-    for line in proc.stdout.splitlines():
-        kind, _sep, rest = line.partition(' ')
-        found.setdefault(kind, []).append(rest)
-    return found, proc
-
-
-def show(proc):
-    return 'rc=%s\n--- stdout ---\n%s\n--- stderr ---\n%s' % (
-        proc.returncode, proc.stdout[-20000:], proc.stderr[-20000:])
 
 
 @pytest.fixture
@@ -213,15 +154,7 @@ def test_chroot_build_puts_postgres_on_the_volume(tmp_path, volume, tarball, cac
     # ... and nothing of it landed on the surrogate
     assert os.path.lexists(host_profile) == host_had_profile
 
-    found, inspected = inspect(volume, tmp_path, pg_closure.top)
-    assert found['FSTAB'] == ['2'], show(inspected)
-    assert found['VERIFY-RC'] == ['0'], show(inspected)
-    assert not any('modified' in line or 'error' in line for line in found.get('VERIFY', [])), \
-        show(inspected)
-    assert sorted(found['CLOSURE']) == sorted(pg_closure.paths), show(inspected)
-    assert found['ROWS'] == ['1000'], show(inspected)
-    assert found['VERSION'][0].startswith('PostgreSQL %s' % pg_closure.version), show(inspected)
-    assert found['PROFILE'] == [pg_closure.top], show(inspected)
+    assert_postgres_on(volume, tmp_path, pg_closure)
 
 
 def test_refuses_a_volume_that_holds_data(tmp_path, volume, tarball, cache_vars):
