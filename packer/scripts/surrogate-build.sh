@@ -84,7 +84,7 @@ cleanup() {
         losetup -d "$loop" 2>/dev/null || log "could not detach $loop"
     done
     if [ "$rc" -eq 0 ]; then
-        log "done: the volume holds the new root and nothing is mounted"
+        log "done in ${SECONDS}s: the volume holds the new root and nothing is mounted"
     else
         log "failed (exit code $rc); everything mounted or attached was undone"
     fi
