@@ -26,7 +26,7 @@ import pytest
 from nixtest import BUILD_DIR, REPO, fixtures
 from nixtest.ansible import CALLBACK_DIR, ansible_bin
 from nixtest.http import CacheServer
-from nixtest.packer import show
+from nixtest.packer import collection_tarball, show
 from nixtest.target import base_tarball
 from nixtest.volume import assert_postgres_on, loops_of, new_volume
 
@@ -61,13 +61,7 @@ def tarball(tmp_path_factory):
     ``make collections-extra``: the wheel's copy lacks files its FILES.json lists, so it
     makes no installable artifact.)"""
     _require_tools()
-    out = str(tmp_path_factory.mktemp('tarball'))
-    built = subprocess.run([ansible_bin('ansible-galaxy'), 'collection', 'build',
-                            '--output-path', out, REPO],
-                           capture_output=True, text=True, check=False, timeout=300)
-    assert built.returncode == 0, built.stdout + built.stderr
-    (name,) = os.listdir(out)
-    return os.path.join(out, name)
+    return collection_tarball(str(tmp_path_factory.mktemp('tarball')))
 
 
 @pytest.fixture(scope='module')

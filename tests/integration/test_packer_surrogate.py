@@ -34,7 +34,7 @@ import pytest
 from nixtest import BUILD_DIR, REPO
 from nixtest.ansible import ansible_bin
 from nixtest.http import CacheServer
-from nixtest.packer import PACKER, REGION, Moto, run_packer, show, var_args
+from nixtest.packer import PACKER, collection_tarball, REGION, Moto, run_packer, show, var_args
 from nixtest.sshd import Sshd
 from nixtest.target import base_tarball
 from nixtest.volume import assert_postgres_on, loops_of, new_volume
@@ -117,14 +117,8 @@ def surrogate(ec2):
 
 @pytest.fixture(scope='module')
 def tarball(tmp_path_factory):
-    import subprocess
-    out = str(tmp_path_factory.mktemp('tarball'))
-    built = subprocess.run([ansible_bin('ansible-galaxy'), 'collection', 'build',
-                            '--output-path', out, REPO],
-                           capture_output=True, text=True, check=False, timeout=300)
-    assert built.returncode == 0, built.stdout + built.stderr
-    (name,) = os.listdir(out)
-    return os.path.join(out, name)
+    """This collection's Galaxy artifact, which the surrogate installs."""
+    return collection_tarball(str(tmp_path_factory.mktemp('tarball')))
 
 
 def _require():

@@ -5,7 +5,8 @@
 
 ``Moto`` serves the base images given (MOTO_AMIS_PATH is read when moto is imported, so it
 cannot be given to a server in this process: it runs in a process of its own).
-``packer_env`` is an environment without the machine's AWS, Ansible or Packer settings.
+``collection_tarball`` builds this collection's Galaxy tarball; ``packer_env`` is an
+environment without the machine's AWS, Ansible or Packer settings.
 """
 import json
 import os
@@ -15,12 +16,24 @@ import subprocess
 import sys
 import time
 
+from . import REPO
 from .ansible import ansible_bin
 from .daemon import free_port
 
 PACKER = shutil.which('packer') or '/usr/bin/packer'
 REGION = 'us-east-1'
 DEBIAN = '136693071363'
+
+
+def collection_tarball(directory):
+    """Build this collection's Galaxy tarball (``ansible-galaxy collection build``) into
+    ``directory``; its path."""
+    built = subprocess.run([ansible_bin('ansible-galaxy'), 'collection', 'build',
+                            '--output-path', directory, REPO],
+                           capture_output=True, text=True, check=False, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (name,) = [n for n in os.listdir(directory) if n.endswith('.tar.gz')]
+    return os.path.join(directory, name)
 
 
 def var_args(variables):
