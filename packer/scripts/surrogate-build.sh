@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # One-stage image build on a surrogate instance: partition and format the attached volume,
 # bootstrap a root file system on it, mount /dev, /proc and /sys into it, and run the
 # playbook through the chroot connection (ansible-playbook -c community.general.chroot

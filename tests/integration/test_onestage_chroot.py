@@ -46,6 +46,7 @@ fi
 exit $rc
 '''
 
+
 def _require_tools():
     for tool in ('/usr/sbin/sfdisk', '/usr/sbin/mkfs.vfat', '/usr/sbin/debootstrap'):
         if not os.path.exists(tool):
