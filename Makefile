@@ -16,14 +16,16 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
-# openssl for the TLS cache's certificates, git for the sanity copy.
+# openssl for the TLS cache's certificates, git for the sanity copy, fdisk (sfdisk) and
+# dosfstools to partition and format the one-stage build's volume.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd libzstd1 xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
-	qemu-user-static
+	qemu-user-static fdisk dosfstools
 
-# community.postgresql for the end-to-end test of playbooks written for Debian's packages:
-# Galaxy is out of reach in CI, so it is taken from the pinned `ansible` wheel on PyPI (only
-# that collection is unpacked, nothing is installed into the virtualenv).
+# community.postgresql for the end-to-end test of playbooks written for Debian's packages, and
+# community.general for its chroot connection (the one-stage image build): Galaxy is out of
+# reach in CI, so they are taken from the pinned `ansible` wheel on PyPI (only these
+# collections are unpacked, nothing is installed into the virtualenv).
 ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
@@ -39,7 +41,7 @@ help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
 	@echo 'make venv         $(VENV) with requirements-test.txt'
 	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
-	@echo 'make collections-extra  community.postgresql (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
+	@echo 'make collections-extra  community.postgresql and community.general (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
 	@echo 'make sanity       changelog and plugin docs lint, then ansible-test sanity under the'
@@ -104,7 +106,8 @@ $(COLLECTIONS_EXTRA)/.installed: Makefile | venv
 	echo '$(ANSIBLE_WHEEL_SHA256)  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl' \
 	  | sha256sum -c --quiet
 	$(VENV_BIN)/python -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
-	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("ansible_collections/community/postgresql/")])' \
+	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith(tuple( \
+	    "ansible_collections/community/%s/" % c for c in ("postgresql", "general")))])' \
 	  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl $(COLLECTIONS_EXTRA)
 	rm -rf $(COLLECTIONS_EXTRA)/wheel
 	touch $@

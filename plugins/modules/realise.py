@@ -56,7 +56,11 @@ options:
     description:
       - Alternate root directory. The store goes to C(ROOT/nix/store) and the database to
         C(ROOT/nix/var/nix/db), as with C(nix --store ROOT). Use it to fill a mounted volume
-        (for example an AMI's root being built with chroot).
+        (for example an AMI's root being built) from the machine it is mounted on, over SSH
+        or the local connection.
+      - Leave it unset under the chroot connection (C(community.general.chroot),
+        C(-i '/mnt,')). There the module already runs inside the new root, and
+        O(root=/mnt) would write C(/mnt/mnt/nix).
     type: path
     default: /
   jobs:
