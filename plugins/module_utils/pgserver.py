@@ -33,7 +33,8 @@ def read_pid_file(data_directory: str) -> Optional[Dict[str, Any]]:
             lines = handle.read(4096).split('\n')
     except (IOError, OSError):
         return None
-    field = (lambda number: lines[number].strip() if len(lines) > number else '')
+    def field(number):
+        return lines[number].strip() if len(lines) > number else ''
     try:
         pid = int(field(0))
     except ValueError:
