@@ -203,7 +203,7 @@ def test_nix_profile_layout_minor_upgrade_good_and_bad(new_target, servers, pg_c
     check_rollback(host, pg_closure, broken['no-start'], again, 'libnixtest-missing.so.1')
 
     # a server that starts but fails the health query (a missing extension library)
-    query = dict(postgres_health_database='shop',
+    query = dict(postgres_health_database='shop', postgres_health_timeout=10,
                  postgres_health_query="select count(*) = 1000 from orders where item ? 'n'")
     failed = host.apply(broken['no-hstore'].top, ok=False, **query)
     check_rollback(host, pg_closure, broken['no-hstore'], failed, '$libdir/hstore')
