@@ -12,7 +12,7 @@ description:
     runs there, on which port and socket, and which build (program) it runs; with O(program),
     whether that is the build O(program) leads to (for example the profile's C(bin/postgres)).
   - With O(profile), also finds the newest generation of that Nix profile whose C(bin/postgres)
-    is the running build: where a rollback goes back to.
+    is the running build (where a rollback goes back to).
   - With O(wait=true), asks the server O(query) through C(psql) until it answers, or fails after
     O(timeout) seconds saying why, with the last lines of the server's log (O(log)). The check
     fails when the query raises an error, when no server runs, or when it answers false.
