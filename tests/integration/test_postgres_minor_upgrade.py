@@ -32,6 +32,7 @@ with open(os.path.join(REPO, 'playbooks', 'postgres.yml')) as _playbook:
 ROLLED_BACK = 'Fail, saying that the new build was rolled back'
 CHECK_FAILED = 'Fail when the cluster does not serve on this build'   # rescued
 RESTART = 'Restart the cluster on the new build and check it'
+DOUBLE_FAILURE = 'Fail, saying that the previous build did not come up either'
 DRY_RUN_REPORT = 'Report the restart and health check a minor upgrade would make'
 
 # How the contract's own tasks start the nix-profile cluster (tests/integration/test_roles_e2e.py).
@@ -39,6 +40,22 @@ START_CONTRACT_CLUSTER = (
     "runuser -u postgres -- bash -c 'source /var/lib/postgresql/.bashrc && "
     "/usr/lib/postgresql/bin/pg_ctl -D /var/lib/postgresql/data -l /tmp/pg.log -w "
     "-o \"-c listen_addresses= -k /tmp\" start'")
+
+# What a run cut off right after the profile switch has done.
+SWITCH_ONLY = '''
+- hosts: target
+  gather_facts: false
+  tasks:
+    - nixcache.closure.realise:
+        paths: ["{{ pin }}"]
+        substituters: "{{ substituters }}"
+        trusted_public_keys: "{{ trusted_public_keys }}"
+    - nixcache.closure.profile:
+        user: postgres
+        path: "{{ pin }}"
+        link: /var/lib/postgresql/.nix-profile
+        keep: 2
+'''
 
 # A fleet rolled through one host at a time, stopping at the first failure, as the README says.
 FLEET_PLAYBOOK = '''
@@ -208,6 +225,18 @@ def test_nix_profile_layout_minor_upgrade_good_and_bad(new_target, servers, pg_c
     failed = host.apply(broken['no-hstore'].top, ok=False, **query)
     check_rollback(host, pg_closure, broken['no-hstore'], failed, '$libdir/hstore')
 
+    # a check that hangs past its timeout fails the new build, and then the old one too: the
+    # task says that the old build runs but does not pass, and the rows are there
+    hung = host.apply(pg_closure_b.top, ok=False, postgres_health_query='select pg_sleep(60)',
+                      postgres_health_timeout=5)
+    assert hung.failed_tasks()[-1] == DOUBLE_FAILURE
+    message = hung.task(DOUBLE_FAILURE)['msg']
+    assert pg_closure_b.top in message and 'did not come up either' in message, message
+    assert 'statement timeout' in message or 'did not answer within' in message, message
+    assert 'does not pass the check' in message and 'fix postgres_health_query' in message, message
+    assert_serves(host, pg_closure)
+    assert_rows_kept(host)
+
     # a good build of the same major: restarted on it in-line, checked, data kept
     upgraded = host.apply(pg_closure_b.top, **query)
     assert RESTART in [event['task'] for event in upgraded.events if event['status'] == 'ok']
@@ -224,7 +253,7 @@ def test_debian_layout_minor_upgrade_good_and_bad(new_target, servers, pg_closur
     host = DebianHost(new_target(), servers, '127.0.19.1,127.0.19.2')
     host.apply(pg_closure.top)
     fill(host)
-    pid = assert_serves(host, pg_closure)
+    assert_serves(host, pg_closure)
 
     failed = host.apply(broken['no-start'].top, ok=False)
     message = check_rollback(host, pg_closure, broken['no-start'], failed, 'libnixtest-missing.so.1')
@@ -232,7 +261,14 @@ def test_debian_layout_minor_upgrade_good_and_bad(new_target, servers, pg_closur
     assert resolved(host.target, '/usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
     assert sh(host.target, 'pg_lsclusters -h').split()[3] == 'online'
 
+    # a run cut off between the profile switch and the restart: the server still runs the old
+    # build, and the next run (the profile already switched) restarts it on the new one
+    pid = assert_serves(host, pg_closure)     # the rolled-back server's
+    run_playbook(SWITCH_ONLY, host.target.inventory(),
+                 extra_vars=dict(servers, pin=pg_closure_b.top)).assert_ok()
+    assert assert_serves(host, pg_closure) == pid
     upgraded = host.apply(pg_closure_b.top)
+    assert not upgraded.registered('postgres_profile')['changed']
     assert upgraded.registered('postgres_health')['healthy']
     assert assert_serves(host, pg_closure_b) != pid
     assert_rows_kept(host)
@@ -252,8 +288,11 @@ def test_a_rolling_upgrade_stops_at_the_first_bad_host(new_target, servers, pg_c
                                        zip((1, 2), hosts))
 
     def roll(pin):
+        # include_role takes the role's own option names, not the playbook's
         return run_playbook(FLEET_PLAYBOOK, inventory, extra_vars=dict(
-            servers, postgres_store_path=pin, **hosts[0].options))
+            postgres_substituters=servers['substituters'],
+            postgres_trusted_public_keys=servers['trusted_public_keys'],
+            postgres_store_path=pin, **hosts[0].options))
 
     bad = roll(broken['no-start'].top)
     bad.assert_failed()
