@@ -10,7 +10,7 @@
 # own disk.  No second instance is started from the result.
 #
 #   packer build -var-file=postgres.pkrvars.hcl -var architecture=arm64 \
-#     -var 'collection_tarballs=["build/nixcache-closure-<version>.tar.gz", "build/community-general-11.4.1.tar.gz"]' \
+#     -var 'collection_tarballs=["build/nixcache-closure-<version>.tar.gz", "build/community-general-<version>.tar.gz"]' \
 #     packer/postgres-ami-surrogate.pkr.hcl
 #
 # packer/README.md compares this with postgres-ami.pkr.hcl (two stages: an instance of a
