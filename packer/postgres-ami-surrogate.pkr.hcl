@@ -10,7 +10,7 @@
 # own disk.  No second instance is started from the result.
 #
 #   packer build -var-file=postgres.pkrvars.hcl -var architecture=arm64 \
-#     -var 'collection_tarballs=["build/nixcache-closure-0.1.0.tar.gz", "build/community-general-11.4.1.tar.gz"]' \
+#     -var 'collection_tarballs=["build/nixcache-closure-<version>.tar.gz", "build/community-general-<version>.tar.gz"]' \
 #     packer/postgres-ami-surrogate.pkr.hcl
 #
 # packer/README.md compares this with postgres-ami.pkr.hcl (two stages: an instance of a
@@ -100,9 +100,30 @@ variable "kms_key_id" {
   description = "KMS key for encrypt_volume; empty: the account's default EBS key."
 }
 
+variable "optimise_store" {
+  type        = bool
+  default     = true
+  description = "Hard-link identical files in the image's store as the roles fill it (/nix/store/.links, as nix-store --optimise does), and set auto-optimise-store in nix.conf: smaller snapshots."
+}
+
+# -- where the results go -------------------------------------------------------------------
+
 variable "manifest_path" {
-  type    = string
-  default = "packer-manifest.json"
+  type        = string
+  default     = "packer-manifest.json"
+  description = "Where the manifest post-processor records the AMI."
+}
+
+variable "artifacts_dir" {
+  type        = string
+  default     = ""
+  description = "Where the image's artifacts are downloaded, as <artifacts_dir>/<architecture>/receipts/ and sbom/; empty: the manifest's directory."
+}
+
+variable "sbom_timestamp" {
+  type        = string
+  default     = ""
+  description = "The time written into the image's SBOM (UTC such as 2026-01-31T00:00:00Z, or seconds since 1970), for documents that the same pins always reproduce; empty: the time of the build."
 }
 
 # -- the surrogate --------------------------------------------------------------------------
@@ -257,7 +278,15 @@ locals {
     nix_store_path      = lookup(local.pin, "nix", "")
     substituters        = var.substituters
     trusted_public_keys = var.trusted_public_keys
+    # the image's SBOM, written by the roles beside the receipts
+    postgres_sbom_timestamp  = var.sbom_timestamp
+    nix_store_sbom_timestamp = var.sbom_timestamp
+    optimise                 = var.optimise_store
   }
+  # surrogate-build.sh copies the new root's receipts and SBOM here before it unmounts the
+  # volume; the file provisioners download them from here.
+  surrogate_artifacts = "${var.work_dir}/artifacts"
+  artifacts_dir       = "${var.artifacts_dir != "" ? var.artifacts_dir : dirname(var.manifest_path)}/${var.architecture}"
 }
 
 source "amazon-ebssurrogate" "postgres" {
@@ -375,9 +404,24 @@ build {
       "NIXCACHE_COLLECTIONS=${join(" ", [for tarball in var.collection_tarballs : "${local.collections}/${basename(tarball)}"])}",
       "NIXCACHE_EXTRA_VARS_JSON=${jsonencode(local.playbook_vars)}",
       "NIXCACHE_WORK=${var.work_dir}",
+      "NIXCACHE_ARTIFACTS=${local.surrogate_artifacts}",
       "ANSIBLE_PLAYBOOK=${var.ansible_dir}/bin/ansible-playbook",
       "ANSIBLE_GALAXY=${var.ansible_dir}/bin/ansible-galaxy",
     ]
+  }
+
+  # The receipts written by realise (closure, hashes, signatures, source caches) and the
+  # image's SBOM (image.cdx.json, image.spdx.json), as the script copied them out of the new
+  # root: to <artifacts_dir>/<architecture>/receipts/ and sbom/.
+  provisioner "file" {
+    direction   = "download"
+    source      = "${local.surrogate_artifacts}/receipts/"
+    destination = "${local.artifacts_dir}/"
+  }
+  provisioner "file" {
+    direction   = "download"
+    source      = "${local.surrogate_artifacts}/sbom/"
+    destination = "${local.artifacts_dir}/"
   }
 
   post-processor "manifest" {
@@ -388,7 +432,10 @@ build {
       architecture        = var.architecture
       nix_system          = local.system
       postgres_store_path = local.postgres
+      nix_store_path      = lookup(local.pin, "nix", "")
       closure_hash        = local.hash
+      receipts            = "${local.artifacts_dir}/receipts"
+      sbom                = "${local.artifacts_dir}/sbom"
     }
   }
 }

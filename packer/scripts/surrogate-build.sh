@@ -29,6 +29,9 @@
 #   NIXCACHE_EXTRA_VARS_JSON  extra variables as JSON text
 #   NIXCACHE_ANSIBLE_ARGS  further arguments for ansible-playbook (word-split)
 #   NIXCACHE_WORK          the surrogate's work directory (/var/tmp/nixcache-build)
+#   NIXCACHE_ARTIFACTS     where the new root's receipts and SBOM are copied before the
+#                          volume is unmounted, as receipts/ and sbom/, for Packer to
+#                          download ($NIXCACHE_WORK/artifacts)
 #   NIXCACHE_WIPE          "yes": format the volume even if it already holds data
 #   ANSIBLE_PLAYBOOK, ANSIBLE_GALAXY
 #                          the commands (ansible-playbook and ansible-galaxy on PATH)
@@ -51,6 +54,7 @@ EXTRA_VARS=${NIXCACHE_EXTRA_VARS:-}
 EXTRA_VARS_JSON=${NIXCACHE_EXTRA_VARS_JSON:-}
 ANSIBLE_ARGS=${NIXCACHE_ANSIBLE_ARGS:-}
 WORK=${NIXCACHE_WORK:-/var/tmp/nixcache-build}
+ARTIFACTS=${NIXCACHE_ARTIFACTS:-$WORK/artifacts}
 WIPE=${NIXCACHE_WIPE:-no}
 ANSIBLE_PLAYBOOK=${ANSIBLE_PLAYBOOK:-ansible-playbook}
 ANSIBLE_GALAXY=${ANSIBLE_GALAXY:-ansible-galaxy}
@@ -157,6 +161,11 @@ if findmnt -rn -R "$MNT_REAL" >/dev/null 2>&1 || findmnt -rn -M "$MNT_REAL" >/de
     die "$MNT is already a mount point: unmount it first"
 fi
 [ -z "$(ls -A "$MNT_REAL")" ] || die "$MNT is not empty"
+ARTIFACTS_REAL=$(realpath -m "$ARTIFACTS")
+[ "$ARTIFACTS_REAL" != / ] || die "NIXCACHE_ARTIFACTS must not be /"
+case "$ARTIFACTS_REAL/" in
+    "$MNT_REAL"/*) die "NIXCACHE_ARTIFACTS ($ARTIFACTS) must be outside $MNT: the volume is unmounted before Packer downloads them" ;;
+esac
 
 # Refuse to overwrite data: a fresh volume has no partition table and no file system.
 if [ -b "$DISK" ] && lsblk -nro MOUNTPOINT "$DISK" 2>/dev/null | grep -q .; then
@@ -238,6 +247,23 @@ args=(-c community.general.chroot -i "$MNT_REAL," "$PLAYBOOK")
 # shellcheck disable=SC2206 # further arguments, word-split as documented
 args+=($ANSIBLE_ARGS)
 "$ANSIBLE_PLAYBOOK" "${args[@]}"
+
+# The volume is unmounted when this script ends: what the build reports about the image
+# comes out of it first.  Receipts are written by every realisation; the SBOM may be
+# switched off (postgres_sbom: false), and then its directory stays empty.
+log "copying the receipts and the SBOM of the new root to $ARTIFACTS"
+[ -d "$MNT_REAL/nix/var/nixcache/receipts" ] \
+    || die "the playbook left no receipts in $MNT/nix/var/nixcache/receipts: did it realise anything?"
+rm -rf "$ARTIFACTS/receipts" "$ARTIFACTS/sbom"
+mkdir -p "$ARTIFACTS/receipts" "$ARTIFACTS/sbom"
+cp -R "$MNT_REAL/nix/var/nixcache/receipts/." "$ARTIFACTS/receipts/"
+if [ -d "$MNT_REAL/nix/var/nixcache/sbom" ]; then
+    cp -R "$MNT_REAL/nix/var/nixcache/sbom/." "$ARTIFACTS/sbom/"
+else
+    log "the new root has no SBOM (/nix/var/nixcache/sbom): nothing to copy"
+fi
+# Packer downloads them as the surrogate's login user, not as root.
+chmod -R a+rX "$ARTIFACTS"
 
 log "cleaning up the new root"
 chroot "$MNT_REAL" /bin/sh -c 'command -v apt-get >/dev/null && apt-get clean || true'

@@ -148,6 +148,14 @@ def test_chroot_build_puts_postgres_on_the_volume(tmp_path, volume, tarball, cac
     assert version and pg_closure.version in version[0]['result']['msg'], version
     # ... and nothing of it landed on the surrogate
     assert os.path.lexists(host_profile) == host_had_profile
+    # but the receipts and the SBOM came out of the volume, for Packer to download
+    artifacts = tmp_path / 'work' / 'artifacts'
+    assert sorted(os.listdir(artifacts / 'receipts')) == sorted(
+        os.path.basename(path) + '.json' for path in (pg_closure.top, cache_vars['nix_store_path']))
+    assert sorted(os.listdir(artifacts / 'sbom')) == ['image.cdx.json', 'image.spdx.json']
+    with open(artifacts / 'sbom' / 'image.cdx.json') as f:
+        components = {c['bom-ref'] for c in json.load(f)['components']}
+    assert set(pg_closure.paths) | {cache_vars['nix_store_path']} <= components
 
     assert_postgres_on(volume, tmp_path, pg_closure)
 
@@ -205,3 +213,12 @@ def test_script_refuses_bad_settings(tmp_path):
         ANSIBLE_PLAYBOOK='true', ANSIBLE_GALAXY='true'),
         capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode != 0 and 'is not empty' in proc.stderr, show(proc)
+    mount = tmp_path / 'empty'
+    mount.mkdir()
+    proc = subprocess.run(['bash', SCRIPT], env=dict(
+        env, NIXCACHE_VOLUME=new_volume(tmp_path), NIXCACHE_PLAYBOOK=PLAYBOOK,
+        NIXCACHE_MOUNT=str(mount), NIXCACHE_ROOTFS=PLAYBOOK,
+        NIXCACHE_ARTIFACTS=str(mount / 'artifacts'),
+        ANSIBLE_PLAYBOOK='true', ANSIBLE_GALAXY='true'),
+        capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode != 0 and 'must be outside' in proc.stderr, show(proc)

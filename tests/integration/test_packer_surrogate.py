@@ -10,8 +10,11 @@ image's root for real on an image file standing in for the attached volume (in a
 mount namespace, through the template's ``execute_command``), with the roles run through
 the chroot connection.  moto then stops the instance, snapshots the volume and registers
 the AMI; the test judges both sides: the EC2 calls (the volume launched at /dev/xvdf, its
-snapshot registered as the AMI's /dev/xvda, hvm, ENA, the architecture) and the volume's
-root (real ``nix-store --verify --check-contents``, Postgres started in it).
+snapshot registered as the AMI's /dev/xvda, hvm, ENA, the architecture), what came back
+to the artifacts directory (the receipts of the closure and the image's SBOM, validated by
+cyclonedx-python-lib and spdx-tools, at the pinned time) and the volume's root (real
+``nix-store --verify --check-contents``, its store deduplicated in ``.links``, Postgres
+started in it).
 
 Not covered, because moto does not do it: moto keeps no block device mapping, root device,
 architecture or ENA flag on a registered image (its RegisterImage takes the name only, so
@@ -35,9 +38,10 @@ from nixtest import BUILD_DIR, REPO
 from nixtest.ansible import ansible_bin
 from nixtest.http import CacheServer
 from nixtest.packer import PACKER, collection_tarball, REGION, Moto, run_packer, show, var_args
+from nixtest.sbom import assert_image_sbom
 from nixtest.sshd import Sshd
 from nixtest.target import base_tarball
-from nixtest.volume import assert_postgres_on, loops_of, new_volume
+from nixtest.volume import assert_postgres_on, loops_of, new_volume, store_links
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +51,7 @@ SURROGATE_AMI = 'ami-0de0000000000a0d1'
 IMAGES = [(SURROGATE_AMI, 'debian-12-amd64-20260101-1', 'x86_64', '2026-01-01T00:00:00.000Z')]
 COLLECTIONS_EXTRA = os.path.join(BUILD_DIR, 'collections-extra')
 STORE_PATH = '/nix/store/0c4v0gqhb1gs2xp0fqgy6bbg6pdvvb2h-postgresql-and-plugins-15.8'
+SBOM_TIMESTAMP = '2026-01-31T00:00:00Z'
 
 
 class RecordingProxy:
@@ -134,7 +139,9 @@ def test_surrogate_template_validates(tmp_path):
     tarball.write_bytes(b'')
     common = {'substituters': ['https://cache.example.org'],
               'trusted_public_keys': ['cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY='],
-              'collection_tarballs': [str(tarball)]}
+              'collection_tarballs': [str(tarball)],
+              'artifacts_dir': str(tmp_path / 'artifacts'), 'sbom_timestamp': SBOM_TIMESTAMP,
+              'optimise_store': False}
     for arch, pins in (('x86_64', {'x86_64': {'postgres': STORE_PATH}}),
                        ('arm64', {'aarch64-linux': {'postgres': STORE_PATH}})):
         proc = run_packer(['validate'] + var_args(dict(common, architecture=arch, pins=pins))
@@ -158,6 +165,7 @@ def test_surrogate_build_registers_the_volume_as_the_ami(tmp_path, ec2, surrogat
     workdir = str(tmp_path)
     volume = new_volume(tmp_path)
     manifest = os.path.join(workdir, 'manifest.json')
+    artifacts = os.path.join(workdir, 'artifacts')
     home = os.path.join(workdir, 'surrogate-home')
     os.makedirs(home)
     # As root, in a private mount namespace, with community.general where ansible sees it.
@@ -165,6 +173,7 @@ def test_surrogate_build_registers_the_volume_as_the_ami(tmp_path, ec2, surrogat
                "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH=False sh -c '. {{ .EnvVarFile }} && {{ .Path }}'"
                % (home, COLLECTIONS_EXTRA))
     with CacheServer(caches.root) as server:
+        cache_url = server.url_for('zstd')
         proc = run_packer(['build', '-color=false', '-on-error=cleanup'] + var_args({
             'region': REGION, 'ec2_endpoint': proxy.url, 'instance_types': {'x86_64': 't3.micro'},
             'surrogate_ami': SURROGATE_AMI,
@@ -177,9 +186,10 @@ def test_surrogate_build_registers_the_volume_as_the_ami(tmp_path, ec2, surrogat
             'ansible_dir': os.path.dirname(os.path.dirname(ansible_bin())),
             'collection_tarballs': [tarball],
             'pins': {'x86_64': {'postgres': pg_closure.top}},
-            'substituters': [server.url_for('zstd')],
+            'substituters': [cache_url],
             'trusted_public_keys': [caches['zstd'].public_key],
-            'manifest_path': manifest, 'tags': {'team': 'databases'},
+            'manifest_path': manifest, 'artifacts_dir': artifacts, 'tags': {'team': 'databases'},
+            'sbom_timestamp': SBOM_TIMESTAMP,
         }) + [TEMPLATE], workdir)
     assert proc.returncode == 0, show(proc)
     assert 'surrogate-tools: installing' not in proc.stdout + proc.stderr, show(proc)
@@ -217,5 +227,21 @@ def test_surrogate_build_registers_the_volume_as_the_ami(tmp_path, ec2, surrogat
     assert register['EnaSupport'] == 'true' and register['SriovNetSupport'] == 'simple', register
     assert register['Name'] == image['Name'], register
 
-    # the volume (what the snapshot holds) has Postgres from the cache, a good store
-    assert_postgres_on(volume, tmp_path, pg_closure)
+    # the receipts and the SBOM of the new root came back, where the manifest says
+    assert build['custom_data']['receipts'] == os.path.join(artifacts, 'x86_64', 'receipts'), build
+    assert build['custom_data']['sbom'] == os.path.join(artifacts, 'x86_64', 'sbom'), build
+    assert os.listdir(build['custom_data']['receipts']) == [os.path.basename(pg_closure.top) + '.json']
+    with open(os.path.join(build['custom_data']['receipts'], os.path.basename(pg_closure.top) + '.json')) as f:
+        receipt = json.load(f)
+    assert receipt['requested'] == pg_closure.top, receipt
+    assert sorted(entry['path'] for entry in receipt['closure']) == sorted(pg_closure.paths), receipt
+    assert {entry['cache'] for entry in receipt['closure']} == {cache_url}, receipt
+    assert sorted(os.listdir(build['custom_data']['sbom'])) == ['image.cdx.json', 'image.spdx.json']
+    assert_image_sbom(build['custom_data']['sbom'], pg_closure, SBOM_TIMESTAMP)
+
+    # the volume (what the snapshot holds) has Postgres from the cache, a good store ...
+    found = assert_postgres_on(volume, tmp_path, pg_closure)
+    # ... deduplicated as the roles filled it (optimise_store's default): every .links entry
+    # is a store file's, and some are shared by several files
+    entries, linked, shared = store_links(found)
+    assert entries > 0 and linked == entries and shared > 0, found['LINKS']

@@ -4,9 +4,10 @@
 ``loops_of(image)`` lists the loop devices still attached to it; ``inspect(image, workdir,
 top)`` mounts its root partition (the third, as packer/scripts/surrogate-build.sh lays it
 out) in a private mount namespace and reports, line by line: the fstab entries, real
-``nix-store --store ROOT --verify --check-contents``, the closure of ``top`` as real Nix
-reads it, and Postgres started inside the root as the postgres user (initdb, pg_ctl start,
-1000 rows written and counted, ``select version()``), and the postgres user's profile.
+``nix-store --store ROOT --verify --check-contents``, the store's ``.links`` (deduplication,
+read by ``store_links``), the closure of ``top`` as real Nix reads it, and Postgres started
+inside the root as the postgres user (initdb, pg_ctl start, 1000 rows written and counted,
+``select version()``), and the postgres user's profile.
 """
 import os
 import subprocess
@@ -26,6 +27,9 @@ mount "$loop" "$R"
 echo "FSTAB $(grep -c '^UUID=' "$R/etc/fstab")"
 nix-store --store "$R" --verify --check-contents 2>&1 | sed 's/^/VERIFY /'
 echo "VERIFY-RC ${PIPESTATUS[0]}"
+# .links entries: all of them, those a store file shares (2+ names), those 2+ files share
+links_with() { find "$R/nix/store/.links" -mindepth 1 -maxdepth 1 "$@" 2>/dev/null | wc -l; }
+echo "LINKS $(links_with) $(links_with -links +1) $(links_with -links +2)"
 NIX_CONFIG="experimental-features = nix-command" nix --store "$R" path-info -r "$TOP" | sed 's/^/CLOSURE /'
 mount -t proc proc "$R/proc"
 mount --rbind /dev "$R/dev"
@@ -82,3 +86,12 @@ def assert_postgres_on(volume, workdir, closure):
     assert found['ROWS'] == ['1000'], show(inspected)
     assert found['VERSION'][0].startswith('PostgreSQL %s' % closure.version), show(inspected)
     assert found['PROFILE'] == [closure.top], show(inspected)
+    return found
+
+
+def store_links(found):
+    """From ``inspect``'s findings: the store's .links entries, how many of them a store file
+    is linked to, and how many at least two store files share (the space saved)."""
+    (line,) = found['LINKS']
+    entries, linked, shared = (int(word) for word in line.split())
+    return entries, linked, shared
