@@ -28,12 +28,18 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
 
-.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench clean distclean
+.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench \
+	release clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
 export NIXTEST_STRICT := 1
 SANITY := bash tests/sanity/run.sh
+# `released` while galaxy.yml's version is the release being made or last made (make sanity then
+# wants every fragment released, CHANGELOG.rst current); `development` once galaxy.yml names the
+# next version (see tests/release/versions.py).
+RELEASE_STATE ?= released
+RELEASE_DATE ?=
 
 help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
@@ -42,9 +48,11 @@ help:
 	@echo 'make collections-extra  community.postgresql (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
-	@echo 'make sanity       changelog and plugin docs lint, then ansible-test sanity under the'
+	@echo 'make sanity       changelog, versions and plugin docs lint, then ansible-test sanity under the'
 	@echo '                  default, oldest and newest ansible-core'
 	@echo 'make lint         ruff and ansible-lint'
+	@echo 'make release      (re)make the release of galaxy.yml'"'"'s version in changelogs/ and'
+	@echo '                  CHANGELOG.rst from every fragment and plugin (re-run after merging)'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
@@ -116,6 +124,7 @@ integration: venv controllers collections-extra
 
 sanity: venv controllers
 	$(VENV_BIN)/antsibull-changelog lint
+	$(VENV_BIN)/python tests/release/versions.py check --state $(RELEASE_STATE)
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" tests/sanity/docs-lint.sh
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" $(SANITY)
 	PATH="$(CURDIR)/build/controllers/oldest/bin:$$PATH" \
@@ -135,6 +144,11 @@ demo: deps venv
 
 bench: deps venv
 	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+release: venv
+	$(VENV_BIN)/python tests/release/versions.py release $(if $(RELEASE_DATE),--date $(RELEASE_DATE))
+	$(VENV_BIN)/antsibull-changelog lint
+	$(VENV_BIN)/python tests/release/versions.py check --state released
 
 clean:
 	rm -rf build .pytest_cache

@@ -78,6 +78,7 @@ options:
         while a realisation takes longer than that (with C(-v), a line per fetched path).
         There is no need to set it by hand.
     type: path
+    version_added: 0.2.0
 attributes:
   action:
     description: An action plugin prints progress on the controller while the module runs.
