@@ -78,20 +78,27 @@ def galaxy_version():
     return str(load_yaml(os.path.join(REPO, 'galaxy.yml'))['version'])
 
 
-def metadata_dump():
-    """ansible-doc's view of the collection: plugin type -> short name -> data."""
+def venv_tool(name):
+    tool = os.path.join(os.path.dirname(sys.executable), name)
+    return tool if os.path.exists(tool) else name
+
+
+def metadata_dump(collections_path=None):
+    """ansible-doc's view of the collection: plugin type -> short name -> data.
+
+    The repository's own, or the one installed under ``collections_path``."""
     galaxy = load_yaml(os.path.join(REPO, 'galaxy.yml'))
     namespace, name = galaxy['namespace'], galaxy['name']
     with tempfile.TemporaryDirectory(prefix='versions-') as tree:
-        os.makedirs(os.path.join(tree, 'ansible_collections', namespace))
-        os.symlink(REPO, os.path.join(tree, 'ansible_collections', namespace, name))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=tree, ANSIBLE_NOCOLOR='1')
-        ansible_doc = os.path.join(os.path.dirname(sys.executable), 'ansible-doc')
-        if not os.path.exists(ansible_doc):
-            ansible_doc = 'ansible-doc'
+        if collections_path is None:
+            os.makedirs(os.path.join(tree, 'ansible_collections', namespace))
+            os.symlink(REPO, os.path.join(tree, 'ansible_collections', namespace, name))
+            collections_path = tree
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_NOCOLOR='1')
         output = subprocess.run(
-            [ansible_doc, '--metadata-dump', '--no-fail-on-errors', '%s.%s' % (namespace, name)],
-            env=env, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+            [venv_tool('ansible-doc'), '--metadata-dump', '--no-fail-on-errors',
+             '%s.%s' % (namespace, name)],
+            env=env, cwd=tree, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
     dump = json.loads(output)['all']
     prefix = '%s.%s.' % (namespace, name)
     return {kind: {full[len(prefix):]: data for full, data in dump[kind].items()
@@ -244,11 +251,6 @@ def check_changelog(found, changelog, current, state):
                     errors.append('changelogs/changelog.yaml: %s %s lists %s as new, but its '
                                   'version_added is %s' % (version, where, key, found[key][0]))
     return errors
-
-
-def venv_tool(name):
-    tool = os.path.join(os.path.dirname(sys.executable), name)
-    return tool if os.path.exists(tool) else name
 
 
 def check_changelog_file():
