@@ -1,5 +1,6 @@
 """galaxy.yml, every version_added and the changelog agree (`make sanity` checks the repository
-itself); the check names each disagreement; `make release` re-run after more fragments and options arrive gives the whole release."""
+itself); the check names each disagreement; `make release`, re-run after more fragments and
+options arrive, gives the whole release."""
 import os
 import re
 
