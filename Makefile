@@ -16,10 +16,11 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
-# openssl for the TLS cache's certificates, git for the sanity copy.
+# openssl for the TLS cache's certificates, git for the sanity copy, Chromium to open the docs
+# site as a browser renders it.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd libzstd1 xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
-	qemu-user-static
+	qemu-user-static chromium
 
 # community.postgresql for the end-to-end test of playbooks written for Debian's packages:
 # Galaxy is out of reach in CI, so it is taken from the pinned `ansible` wheel on PyPI (only
@@ -28,8 +29,8 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
 
-.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench \
-	release clean distclean
+.PHONY: help deps venv controllers collections-extra unit integration release-tests sanity lint \
+	test demo bench release build docs docs-pages clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
@@ -48,11 +49,17 @@ help:
 	@echo 'make collections-extra  community.postgresql (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
+	@echo 'make release-tests  the artifact (reproducible, installable from a tarball and git), the'
+	@echo '                  docs site (built, opened in headless Chromium), the version check'
 	@echo 'make sanity       changelog, versions and plugin docs lint, then ansible-test sanity under the'
 	@echo '                  default, oldest and newest ansible-core'
 	@echo 'make lint         ruff and ansible-lint'
 	@echo 'make release      (re)make the release of galaxy.yml'"'"'s version in changelogs/ and'
-	@echo '                  CHANGELOG.rst from every fragment and plugin (re-run after merging)'
+	@echo '                  CHANGELOG.rst from every fragment and plugin, and the docs'"'"' guide'
+	@echo '                  pages from the README (re-run after merging)'
+	@echo 'make build        the collection artifact, reproducibly, in build/dist/'
+	@echo 'make docs         the docs site; open build/docs/site/build/html/index.html'
+	@echo 'make docs-pages   docs/docsite/ guide pages from the README'"'"'s sections'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
@@ -122,6 +129,9 @@ unit: venv
 integration: venv controllers collections-extra
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
+release-tests: venv
+	$(PYTEST) tests/release $(PYTEST_ARGS)
+
 sanity: venv controllers
 	$(VENV_BIN)/antsibull-changelog lint
 	$(VENV_BIN)/python tests/release/versions.py check --state $(RELEASE_STATE)
@@ -137,7 +147,7 @@ lint: venv
 	$(VENV_BIN)/ansible-lint
 
 test: deps venv
-	$(MAKE) --no-print-directory unit integration sanity lint
+	$(MAKE) --no-print-directory unit integration release-tests sanity lint
 
 demo: deps venv
 	$(VENV_BIN)/python tests/demo.py
@@ -146,9 +156,19 @@ bench: deps venv
 	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 release: venv
+	$(VENV_BIN)/python tests/release/docs_pages.py write
 	$(VENV_BIN)/python tests/release/versions.py release $(if $(RELEASE_DATE),--date $(RELEASE_DATE))
 	$(VENV_BIN)/antsibull-changelog lint
 	$(VENV_BIN)/python tests/release/versions.py check --state released
+
+build: venv
+	$(VENV_BIN)/python tests/release/artifact.py --output build/dist
+
+docs: venv
+	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" nice tests/release/build-docs.sh build/docs
+
+docs-pages: venv
+	$(VENV_BIN)/python tests/release/docs_pages.py write
 
 clean:
 	rm -rf build .pytest_cache
