@@ -16,21 +16,23 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
-# openssl for the TLS cache's certificates, git for the sanity copy, Chromium to open the docs
+# openssl for the TLS cache's certificates, git for the sanity copy, fdisk (sfdisk) and
+# dosfstools to partition and format the one-stage build's volume, Chromium to open the docs
 # site as a browser renders it.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd libzstd1 xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
-	qemu-user-static chromium
+	qemu-user-static fdisk dosfstools chromium
 
-# community.postgresql for the end-to-end test of playbooks written for Debian's packages:
-# Galaxy is out of reach in CI, so it is taken from the pinned `ansible` wheel on PyPI (only
-# that collection is unpacked, nothing is installed into the virtualenv).
+# community.postgresql for the end-to-end test of playbooks written for Debian's packages, and
+# community.general for its chroot connection (the one-stage image build): Galaxy is out of
+# reach in CI, so they are taken from the pinned `ansible` wheel on PyPI (only these
+# collections are unpacked, nothing is installed into the virtualenv).
 ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
 
 .PHONY: help deps venv controllers collections-extra unit integration release-tests sanity lint \
-	test demo bench release build docs docs-pages clean distclean
+	test demo bench bench-optimise bench-push release build docs docs-pages clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
@@ -46,7 +48,7 @@ help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
 	@echo 'make venv         $(VENV) with requirements-test.txt'
 	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
-	@echo 'make collections-extra  community.postgresql (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
+	@echo 'make collections-extra  community.postgresql and community.general (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
 	@echo 'make release-tests  the artifact (reproducible, installable from a tarball and git), the'
@@ -64,6 +66,9 @@ help:
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
 	@echo '                  the library (BENCH_ARGS="--runs 1 --wide-paths 30" for a quick run)'
+	@echo 'make bench-optimise  bytes saved and time of store deduplication beside'
+	@echo '                  nix-store --optimise (BENCH_ARGS="--only postgres" for one workload)'
+	@echo 'make bench-push   bytes the cache serves and time for N hosts, push mode against pull'
 	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
 
 deps:
@@ -116,7 +121,8 @@ $(COLLECTIONS_EXTRA)/.installed: Makefile | venv
 	echo '$(ANSIBLE_WHEEL_SHA256)  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl' \
 	  | sha256sum -c --quiet
 	$(VENV_BIN)/python -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
-	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("ansible_collections/community/postgresql/")])' \
+	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith(tuple( \
+	    "ansible_collections/community/%s/" % c for c in ("postgresql", "general")))])' \
 	  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl $(COLLECTIONS_EXTRA)
 	rm -rf $(COLLECTIONS_EXTRA)/wheel
 	touch $@
@@ -154,6 +160,13 @@ demo: deps venv
 
 bench: deps venv
 	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-optimise: deps venv
+	$(VENV_BIN)/python benchmarks/optimise.py $(BENCH_ARGS)
+
+# Push mode against pull for N hosts (BENCH_ARGS="--hosts 4 --runs 3").
+bench-push: deps venv
+	$(VENV_BIN)/python benchmarks/push.py $(BENCH_ARGS)
 
 release: venv
 	$(VENV_BIN)/python tests/release/docs_pages.py write
