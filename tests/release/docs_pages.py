@@ -5,8 +5,10 @@
 
 The README stays the one place the guides are written; PAGES says which of its ``##`` sections
 make which page of the docs site (antsibull-docs "extra docs").  Every ``##`` section must be
-on a page or in LEFT_OUT, so a section added later is not silently missing from the site.  A
-page whose sections the README does not have yet is written with its placeholder.
+on a page or in LEFT_OUT, so a section added later is not silently missing from the site.  The
+upgrades page takes every section about upgrades that no other page took ("Minor upgrades
+...", "Major upgrades ...", "Upgrade ..."), after an introduction of its own that points to the
+day 2 guide; with no such section in the README it is that introduction alone.
 
 The README uses a small part of Markdown (headings, paragraphs, lists, fenced code, pipe
 tables, code spans, bold, links); this turns exactly that into reStructuredText.
@@ -21,7 +23,10 @@ README = os.path.join(REPO, 'README.md')
 DOCSITE = os.path.join(REPO, 'docs', 'docsite')
 LABEL = 'ansible_collections.nixcache.closure.docsite.%s'
 
-# page name, title, README "##" sections (by the start of their heading), placeholder
+# page name, title, the README "##" sections it takes (by the start of their heading, or
+# every section whose heading matches a pattern that no other page took), and an introduction
+# in reStructuredText that opens the page (None: none, and the page needs its sections).
+UPGRADES = re.compile(r'\bupgrad', re.I)
 PAGES = [
     ('guide_install', 'Install and supported platforms',
      ['Install', 'Supported platforms'], None),
@@ -29,15 +34,22 @@ PAGES = [
      ['Realise a closure', 'Profiles and receipts'], None),
     ('guide_roles', 'Roles: a drop-in for the apt install',
      ['Roles: a drop-in for the apt install'], None),
-    ('guide_packer', 'AMIs with Packer', ['AMIs with Packer'], None),
-    ('guide_upgrades', 'Upgrades of PostgreSQL', ['Upgrade'],
-     'Upgrading a cluster to a new PostgreSQL major version, keeping its data, is described '
-     'here once the collection supports it. Switching to another build of the same major and '
-     'back is described in the roles guide and in the day 2 guide.'),
+    ('guide_packer', 'Packer: AMIs in two stages or one', ['AMIs with Packer', 'One-stage AMIs'],
+     None),
+    ('guide_sbom', 'SBOMs: what is on the image', ['SBOMs'], None),
+    ('guide_upgrades', 'Upgrades of PostgreSQL', UPGRADES,
+     'Moving a host to another build of PostgreSQL is a change of its pin '
+     '(``postgres_store_path``): the new closure is realised next to the old one, the profile '
+     'gets a new generation, and the old generation stays for a rollback. The whole cycle '
+     '(upgrade, roll back, collect, inspect) is in :ref:`%s`; where pins come from is in '
+     ':ref:`%s`.' % (LABEL % 'guide_day2', LABEL % 'guide_caches')),
     ('guide_day2', 'Day 2: upgrade, roll back, collect, inspect', ['Day 2'], None),
+    ('guide_optimise', 'Deduplicated stores', ['Deduplicated stores'], None),
     ('guide_caches', 'Caches, lookups and pins',
      ['Look up a cache from the controller', 'Pins', 'Caches as you run them',
       'Set the cache options once'], None),
+    ('guide_fleet', 'Many hosts, and hosts that cannot reach the cache',
+     ['Many hosts at once', 'Push mode'], None),
     ('guide_reliability', 'Reliability, safety and speed',
      ['Reliability and safety', 'Speed'], None),
 ]
@@ -200,12 +212,30 @@ def table(lines):
 
 # ---------------------------------------------------------------- pages
 
-def page(name, title, wanted, placeholder, found):
-    chosen = [heading for start in wanted for heading in found if heading.startswith(start)]
+def by_start(wanted, found):
+    """The headings of ``found`` that start with one of ``wanted``, in that order."""
+    return [heading for start in wanted for heading in found if heading.startswith(start)]
+
+
+def choose(found):
+    """Page name -> the README headings on it: pages that name the start of their sections
+    first, then those with a pattern take, in README order, the matching sections left."""
+    chosen = {name: by_start(wanted, found) for name, _, wanted, _ in PAGES
+              if isinstance(wanted, list)}
+    taken = {heading for headings in chosen.values() for heading in headings}
+    for name, _, wanted, _ in PAGES:
+        if not isinstance(wanted, list):
+            chosen[name] = [heading for heading in found
+                            if heading not in taken and wanted.search(heading)]
+            taken.update(chosen[name])
+    return chosen
+
+
+def page(name, title, chosen, intro, found):
     out = ['.. _%s:' % (LABEL % name), '', title, '=' * len(title), '']
-    if not chosen:
-        return HEADER + '\n'.join(out + [placeholder, '']), chosen
-    if len(chosen) == 1 and title == chosen[0]:
+    if intro:
+        out += [intro, '']
+    if len(chosen) == 1 and title == chosen[0] and not intro:
         out += blocks(found[chosen[0]], 0)
     else:
         for heading in chosen:
@@ -227,9 +257,10 @@ def wanted_files():
     with open(README, encoding='utf-8') as stream:
         found = sections(stream.read())
     files, placed, errors = {}, set(), []
-    for name, title, wanted, placeholder in PAGES:
-        text, chosen = page(name, title, wanted, placeholder, found)
-        if not chosen and placeholder is None:
+    headings = choose(found)
+    for name, title, wanted, intro in PAGES:
+        text, chosen = page(name, title, headings[name], intro, found)
+        if not chosen and intro is None:
             errors.append('README.md has no section starting with %s for docs page %s'
                           % (' or '.join(repr(start) for start in wanted), name))
         placed.update(chosen)

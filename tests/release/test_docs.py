@@ -94,9 +94,34 @@ def test_module_page_renders_title_options_and_examples(site, tmp_path, source_i
 def test_readme_sections_all_on_the_site():
     with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as stream:
         headings = docs_pages.sections(stream.read())
-    placed = {heading for _, _, wanted, _ in docs_pages.PAGES for heading in headings
-              for start in wanted if heading.startswith(start)}
+    placed = {heading for chosen in docs_pages.choose(headings).values() for heading in chosen}
     left = {heading for heading in headings
             if any(heading.startswith(start) for start in docs_pages.LEFT_OUT)}
     assert placed | left == set(headings)
     assert 'Day 2: upgrade, roll back, collect, inspect' in placed
+
+
+def test_upgrades_page_takes_every_upgrade_section():
+    """The upgrades page opens with its introduction; it then takes the README's sections about
+    upgrades that no other page took, and is the introduction alone while there are none."""
+    readme = ('## Day 2: upgrade, roll back, collect, inspect\n\nThe cycle.\n\n'
+              '## Pins: the store paths\n\nPins.\n')
+    chosen = docs_pages.choose(docs_pages.sections(readme))
+    assert chosen['guide_upgrades'] == []
+    assert chosen['guide_day2'] == ['Day 2: upgrade, roll back, collect, inspect']
+    _, _, _, intro = next(entry for entry in docs_pages.PAGES if entry[0] == 'guide_upgrades')
+    text, _ = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL', [], intro, {})
+    assert intro in text and ':ref:`%s`' % (docs_pages.LABEL % 'guide_day2') in text
+
+    readme += ('## Minor upgrades with automatic rollback\n\nRestart, check, roll back.\n\n'
+               '### A rolling upgrade of a fleet\n\nserial: 1\n\n'
+               '## Upgrade to a new major version\n\npg_upgrade.\n')
+    found = docs_pages.sections(readme)
+    chosen = docs_pages.choose(found)
+    assert chosen['guide_upgrades'] == ['Minor upgrades with automatic rollback',
+                                        'Upgrade to a new major version']
+    text, _ = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL',
+                              chosen['guide_upgrades'], intro, found)
+    assert text.index(intro) < text.index('Minor upgrades with automatic rollback\n---')
+    assert 'A rolling upgrade of a fleet\n~~~' in text
+    assert 'Upgrade to a new major version\n---' in text
