@@ -26,7 +26,7 @@ LABEL = 'ansible_collections.nixcache.closure.docsite.%s'
 # page name, title, the README "##" sections it takes (by the start of their heading, or
 # every section whose heading matches a pattern that no other page took), and an introduction
 # in reStructuredText that opens the page (None: none, and the page needs its sections).
-UPGRADES = re.compile(r'\bupgrad', re.I)
+UPGRADES = re.compile(r'upgrad|\bmajor\b', re.I)
 PAGES = [
     ('guide_install', 'Install and supported platforms',
      ['Install', 'Supported platforms'], None),

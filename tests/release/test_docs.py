@@ -115,11 +115,13 @@ def test_upgrades_page_takes_every_upgrade_section():
 
     readme += ('## Minor upgrades with automatic rollback\n\nRestart, check, roll back.\n\n'
                '### A rolling upgrade of a fleet\n\nserial: 1\n\n'
-               '## Upgrade to a new major version\n\npg_upgrade.\n')
+               '## Upgrade to a new major version\n\npg_upgrade.\n'
+               '## Major versions side by side\n\nTwo clusters.\n')
     found = docs_pages.sections(readme)
     chosen = docs_pages.choose(found)
     assert chosen['guide_upgrades'] == ['Minor upgrades with automatic rollback',
-                                        'Upgrade to a new major version']
+                                        'Upgrade to a new major version',
+                                        'Major versions side by side']
     text, _ = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL',
                               chosen['guide_upgrades'], intro, found)
     assert text.index(intro) < text.index('Minor upgrades with automatic rollback\n---')
