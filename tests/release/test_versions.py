@@ -60,6 +60,9 @@ def test_disagreements_are_named(tmp_path):
         stream.write('---\nminor_changes:\n  - realise - a change merged after the release.\n')
     with open(os.path.join(copy, 'CHANGELOG.rst'), 'a', encoding='utf-8') as stream:
         stream.write('edited by hand\n')
+    edit(os.path.join(copy, 'changelogs', 'fragments', '20-release.yml'),
+         'is generated from the changelog fragments', 'is written from the changelog fragments')
+    os.remove(os.path.join(copy, 'changelogs', 'fragments', '9-hardening.yml'))
     result = check(copy)
     assert result.returncode == 1, result.stdout
     for expected in (
@@ -68,8 +71,15 @@ def test_disagreements_are_named(tmp_path):
             "module gc: version_added 0.3.0 is newer than galaxy.yml's version 0.2.0",
             'changelogs/fragments/99-later.yml is not released: run `make release`',
             'module realise option brand_new is not recorded as part of 0.2.0',
-            'CHANGELOG.rst is not what changelogs/changelog.yaml gives'):
+            'CHANGELOG.rst is not what changelogs/changelog.yaml gives',
+            'changelogs/fragments/9-hardening.yml, which 0.2.0 was made from, is gone'):
         assert expected in result.stdout, result.stdout
+
+    os.rename(os.path.join(copy, 'changelogs', 'fragments', '99-later.yml'),
+              os.path.join(copy, 'changelogs', 'fragments', '9-hardening.yml'))
+    result = check(copy)
+    assert ('changelogs/changelog.yaml: 0.2.0 says other bugfixes, minor_changes than its '
+            'fragments now say: run `make release`' in result.stdout), result.stdout
 
     edit(os.path.join(copy, 'galaxy.yml'), 'version: 0.2.0', 'version: 0.2.1')
     result = check(copy)

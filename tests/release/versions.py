@@ -20,8 +20,9 @@ the current items in released.yaml, and CHANGELOG.rst is written anew.
 
 State ``released`` (what ``make sanity`` checks): galaxy.yml's version is a release in
 changelogs/changelog.yaml that lists its new plugins and roles, no fragment is left
-unreleased, released.yaml records what the collection documents now and CHANGELOG.rst is
-the one ``antsibull-changelog generate`` writes.  State ``development``: galaxy.yml's
+unreleased, the release's changes are what its fragments say now (none edited or removed since),
+released.yaml records what the collection documents now and CHANGELOG.rst is the one
+``antsibull-changelog generate`` writes.  State ``development``: galaxy.yml's
 version is newer than every release and not released yet.
 """
 
@@ -253,6 +254,42 @@ def check_changelog(found, changelog, current, state):
     return errors
 
 
+def fragment_changes(names):
+    """What the fragments ``names`` say, as changelog.yaml records a release's changes:
+    section -> sorted entries (the release summary as it is); trivial entries are left out."""
+    changes = {}
+    for name in names:
+        for section, entries in (load_yaml(os.path.join(FRAGMENTS, name)) or {}).items():
+            if section == 'trivial':
+                continue
+            if isinstance(entries, str):
+                changes[section] = entries
+            else:
+                changes.setdefault(section, []).extend(entries or ())
+    return {section: entries if isinstance(entries, str) else sorted(entries)
+            for section, entries in changes.items()}
+
+
+def check_release_changes(changelog, current):
+    """The release of galaxy.yml's version says what its fragments say now (one edited after
+    the release was made would otherwise go unnoticed)."""
+    release = (changelog.get('releases') or {}).get(current) or {}
+    names = release.get('fragments') or ()
+    gone = [name for name in names if not os.path.exists(os.path.join(FRAGMENTS, name))]
+    if gone:
+        return ['changelogs/fragments/%s, which %s was made from, is gone: run `make release`'
+                % (name, current) for name in gone]
+    wanted = fragment_changes(names)
+    have = {section: entries if isinstance(entries, str) else sorted(entries)
+            for section, entries in (release.get('changes') or {}).items()}
+    if have != wanted:
+        differ = sorted(section for section in set(have) | set(wanted)
+                        if have.get(section) != wanted.get(section))
+        return ['changelogs/changelog.yaml: %s says other %s than its fragments now say: run '
+                '`make release`' % (current, ', '.join(differ))]
+    return []
+
+
 def check_changelog_file():
     tool = venv_tool('antsibull-changelog')
     with tempfile.TemporaryDirectory(prefix='changelog-') as scratch:
@@ -299,6 +336,7 @@ def check(state):
             for key in sorted(recorded - set(found)):
                 errors.append('tests/release/released.yaml records %s in %s, which the '
                               'collection no longer documents: run `make release`' % (key, current))
+        errors += check_release_changes(changelog, current)
         errors += check_changelog_file()
     return errors
 
