@@ -101,7 +101,7 @@ def build(output, ref='HEAD', repo=REPO):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--output', default=os.path.join(REPO, 'build', 'dist'))
     parser.add_argument('--ref', default='HEAD')
     args = parser.parse_args()

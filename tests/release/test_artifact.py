@@ -45,7 +45,7 @@ def clone(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tarball(tmp_path_factory):
-    path, _ = artifact.build(str(tmp_path_factory.mktemp('dist')))
+    path = artifact.build(str(tmp_path_factory.mktemp('dist')))[0]
     return path
 
 

@@ -31,7 +31,8 @@ def chromium(tmp_path, url, *extra):
                '--no-first-run', '--disable-background-networking', '--disable-component-update',
                '--disable-sync', '--user-data-dir=%s' % profile, '--window-size=1280,1600']
     result = subprocess.run(command + list(extra) + [url], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -60,7 +61,7 @@ def test_index_lists_every_plugin_and_guide(site, tmp_path, source_items):
         page = '%s_%s.html' % (name, PAGE_SUFFIX.get(kind, kind))
         assert 'href="%s"' % page in dom, page
         assert os.path.exists(os.path.join(site, page))
-    for name, title, _, _ in docs_pages.PAGES:
+    for name, title in ((page.name, page.title) for page in docs_pages.PAGES):
         assert 'href="docsite/%s.html"' % name in dom, name
         with open(os.path.join(site, 'docsite', name + '.html'), encoding='utf-8') as stream:
             assert '<h1>%s' % html.escape(title, quote=False) in stream.read()
@@ -109,8 +110,8 @@ def test_upgrades_page_takes_every_upgrade_section():
     chosen = docs_pages.choose(docs_pages.sections(readme))
     assert chosen['guide_upgrades'] == []
     assert chosen['guide_day2'] == ['Day 2: upgrade, roll back, collect, inspect']
-    _, _, _, intro = next(entry for entry in docs_pages.PAGES if entry[0] == 'guide_upgrades')
-    text, _ = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL', [], intro, {})
+    intro = next(page.intro for page in docs_pages.PAGES if page.name == 'guide_upgrades')
+    text = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL', [], intro, {})[0]
     assert intro in text and ':ref:`%s`' % (docs_pages.LABEL % 'guide_day2') in text
 
     readme += ('## Minor upgrades with automatic rollback\n\nRestart, check, roll back.\n\n'
@@ -122,8 +123,8 @@ def test_upgrades_page_takes_every_upgrade_section():
     assert chosen['guide_upgrades'] == ['Minor upgrades with automatic rollback',
                                         'Upgrade to a new major version',
                                         'Major versions side by side']
-    text, _ = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL',
-                              chosen['guide_upgrades'], intro, found)
+    text = docs_pages.page('guide_upgrades', 'Upgrades of PostgreSQL',
+                           chosen['guide_upgrades'], intro, found)[0]
     assert text.index(intro) < text.index('Minor upgrades with automatic rollback\n---')
     assert 'A rolling upgrade of a fleet\n~~~' in text
     assert 'Upgrade to a new major version\n---' in text

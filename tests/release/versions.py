@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Check that galaxy.yml, every version_added and the changelog agree.
 
     versions.py check [--state released|development]
@@ -231,7 +230,7 @@ def check_changelog(found, changelog, current, state):
         errors.append('galaxy.yml says %s, older than the latest release %s' % (current, latest))
     # New plugins and roles appear in the changelog of the release that added them.
     for key in sorted(found):
-        kind, _, name = key.partition(' ')
+        kind, name = key.split(' ', 1)
         if ' ' in name or found[key][0] is None:
             continue
         version = str(found[key][0])
@@ -381,7 +380,7 @@ def record():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     sub = parser.add_subparsers(dest='command', required=True)
     check_parser = sub.add_parser('check', help='fail naming each disagreement')
     check_parser.add_argument('--state', choices=('released', 'development'), default='released')
