@@ -22,9 +22,9 @@ def run(command, **kwargs):
     """Run a command with the test virtualenv's tools first on PATH; its CompletedProcess."""
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ['PATH'], ANSIBLE_NOCOLOR='1')
     env.update(kwargs.pop('env', {}))
-    kwargs.setdefault('check', False)
+    check = kwargs.pop('check', False)
     return subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kwargs)
+                          universal_newlines=True, check=check, **kwargs)
 
 
 def working_copy(dest):
