@@ -17,10 +17,11 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
 # openssl for the TLS cache's certificates, git for the sanity copy, fdisk (sfdisk) and
-# dosfstools to partition and format the one-stage build's volume.
+# dosfstools to partition and format the one-stage build's volume, Chromium to open the docs
+# site as a browser renders it.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd libzstd1 xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
-	qemu-user-static fdisk dosfstools
+	qemu-user-static fdisk dosfstools chromium
 
 # community.postgresql for the end-to-end test of playbooks written for Debian's packages, and
 # community.general for its chroot connection (the one-stage image build): Galaxy is out of
@@ -30,12 +31,18 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
 
-.PHONY: help deps venv controllers collections-extra unit integration sanity lint test demo bench bench-optimise bench-push clean distclean
+.PHONY: help deps venv controllers collections-extra unit integration release-tests sanity lint \
+	test demo bench bench-optimise bench-push release build docs docs-pages clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
 export NIXTEST_STRICT := 1
 SANITY := bash tests/sanity/run.sh
+# `released` while galaxy.yml's version is the release being made or last made (make sanity then
+# wants every fragment released, CHANGELOG.rst current); `development` once galaxy.yml names the
+# next version (see tests/release/versions.py).
+RELEASE_STATE ?= released
+RELEASE_DATE ?=
 
 help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
@@ -44,9 +51,17 @@ help:
 	@echo 'make collections-extra  community.postgresql and community.general (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
-	@echo 'make sanity       changelog and plugin docs lint, then ansible-test sanity under the'
+	@echo 'make release-tests  the artifact (reproducible, installable from a tarball and git), the'
+	@echo '                  docs site (built, opened in headless Chromium), the version check'
+	@echo 'make sanity       changelog, versions and plugin docs lint, then ansible-test sanity under the'
 	@echo '                  default, oldest and newest ansible-core'
 	@echo 'make lint         ruff and ansible-lint'
+	@echo 'make release      (re)make the release of galaxy.yml'"'"'s version in changelogs/ and'
+	@echo '                  CHANGELOG.rst from every fragment and plugin, and the docs'"'"' guide'
+	@echo '                  pages from the README (re-run after merging)'
+	@echo 'make build        the collection artifact, reproducibly, in build/dist/'
+	@echo 'make docs         the docs site; open build/docs/site/build/html/index.html'
+	@echo 'make docs-pages   docs/docsite/ guide pages from the README'"'"'s sections'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
@@ -120,8 +135,12 @@ unit: venv
 integration: venv controllers collections-extra
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
+release-tests: venv
+	$(PYTEST) tests/release $(PYTEST_ARGS)
+
 sanity: venv controllers
 	$(VENV_BIN)/antsibull-changelog lint
+	$(VENV_BIN)/python tests/release/versions.py check --state $(RELEASE_STATE)
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" tests/sanity/docs-lint.sh
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" $(SANITY)
 	PATH="$(CURDIR)/build/controllers/oldest/bin:$$PATH" \
@@ -134,7 +153,7 @@ lint: venv
 	$(VENV_BIN)/ansible-lint
 
 test: deps venv
-	$(MAKE) --no-print-directory unit integration sanity lint
+	$(MAKE) --no-print-directory unit integration release-tests sanity lint
 
 demo: deps venv
 	$(VENV_BIN)/python tests/demo.py
@@ -148,6 +167,21 @@ bench-optimise: deps venv
 # Push mode against pull for N hosts (BENCH_ARGS="--hosts 4 --runs 3").
 bench-push: deps venv
 	$(VENV_BIN)/python benchmarks/push.py $(BENCH_ARGS)
+
+release: venv
+	$(VENV_BIN)/python tests/release/docs_pages.py write
+	$(VENV_BIN)/python tests/release/versions.py release $(if $(RELEASE_DATE),--date $(RELEASE_DATE))
+	$(VENV_BIN)/antsibull-changelog lint
+	$(VENV_BIN)/python tests/release/versions.py check --state released
+
+build: venv
+	$(VENV_BIN)/python tests/release/artifact.py --output build/dist
+
+docs: venv
+	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" nice tests/release/build-docs.sh build/docs
+
+docs-pages: venv
+	$(VENV_BIN)/python tests/release/docs_pages.py write
 
 clean:
 	rm -rf build .pytest_cache

@@ -70,6 +70,7 @@ options:
         realise on fewer hosts at once (C(forks), C(serial)) or put a CDN in front of the cache.
     type: int
     default: 120
+    version_added: 0.2.0
   validate_certs:
     description: Verify the TLS certificates of C(https://) caches.
     type: bool

@@ -102,12 +102,14 @@ options:
     type: str
     choices: [host, controller]
     default: host
+    version_added: 0.2.0
   controller_cache_dir:
     description:
       - With O(fetch_on=controller), the directory on the controller that keeps verified
         narinfos and NARs (NARs by NarHash) for all hosts and later runs.
       - Defaults to C(~/.cache/nixcache/controller) (C($XDG_CACHE_HOME/nixcache/controller)).
     type: path
+    version_added: 0.2.0
   controller_cache_max_mb:
     description:
       - With O(fetch_on=controller), the most MiB of NARs O(controller_cache_dir) keeps. The
@@ -115,12 +117,14 @@ options:
         that cannot fit fails the task before anything is downloaded.
     type: int
     default: 10240
+    version_added: 0.2.0
   pushed:
     description:
       - Set by the action plugin in push mode (O(fetch_on=controller)) to the narinfos the
         controller read and the directory on the host it sent the NARs to. Do not set it
         by hand.
     type: dict
+    version_added: 0.2.0
   progress_file:
     description:
       - A file the module rewrites with its progress while it fetches (paths and bytes done
@@ -130,6 +134,7 @@ options:
         while a realisation takes longer than that (with C(-v), a line per fetched path).
         There is no need to set it by hand.
     type: path
+    version_added: 0.2.0
 attributes:
   action:
     description: An action plugin prints progress on the controller while the module runs.
@@ -302,6 +307,7 @@ optimised:
     paths:
       description: Store paths deduplicated.
       type: int
+  version_added: 0.2.0
 seconds:
   description: Wall-clock time the module spent.
   returned: always
@@ -323,6 +329,7 @@ push:
     sent_files:
       description: NARs sent to the host.
       type: int
+  version_added: 0.2.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule
