@@ -35,11 +35,25 @@ DECOMPRESSORS = {'xz': 'xz', 'zstd': 'zstd'}
 HASHER = ['openssl', 'dgst', '-sha256', '-r']
 
 
+ROOTS = os.path.join(BENCH_DIR, 'roots')
+
+
 def fresh_root(name):
-    root = os.path.join(BENCH_DIR, 'roots', name)
-    remove(root)
+    """A new, empty root under ROOTS.  Measurements leave their roots in place until
+    ``remove_roots()`` at the end of the benchmark: on an ext4 without a journal (as this
+    machine's) creating a file skips, one by one, the inodes freed in the last minutes,
+    so removing a root of thousands of files would charge its clean-up to the next
+    measurement's file creations (several seconds on the wide closure)."""
+    root = os.path.join(ROOTS, name)
+    if os.path.lexists(root):
+        raise SystemExit('%s exists: remove_roots() first' % root)
     os.makedirs(root)
     return root
+
+
+def remove_roots():
+    """Remove every root (those of an earlier, interrupted benchmark too)."""
+    remove(ROOTS)
 
 
 def remove(path):
@@ -192,8 +206,5 @@ def library(url, key, top, root, jobs):
 def per_path(host, workload, url, key):
     """The table of benchmarks/per_path.py, run on the module's bare Python."""
     root = fresh_root('per-path')
-    try:
-        return run_child([host.python, os.path.join(HERE, 'per_path.py'),
-                          os.path.join(BENCH_DIR, workload.cache_dir), url, key, root])[2]
-    finally:
-        remove(root)
+    return run_child([host.python, os.path.join(HERE, 'per_path.py'),
+                      os.path.join(BENCH_DIR, workload.cache_dir), url, key, root])[2]

@@ -13,7 +13,8 @@ Workloads, each in a cache written and signed by real Nix (benchmarks/workloads.
                   before (benchmarks/per_path.py, on the module's Python)
 
 For each workload, every repetition runs these back to back, each into a fresh root, so
-that load drift affects all alike:
+that load drift affects all alike (the roots are removed at the end, not between
+measurements: see measure.fresh_root; they take up to about 9 GiB with the defaults):
 
   ping      ansible-playbook (the test virtualenv's) of one play without fact gathering
             whose only task is ansible.builtin.ping, on localhost with
@@ -117,27 +118,23 @@ def timed_run(run, workload, url, key, host, args):
     closure, name, first = workload.closure, workload.name, run == 0
     ping = host.ping()
 
-    root = measure.fresh_root(name + '-task')
+    root = measure.fresh_root('%s-task-%d' % (name, run + 1))
     task = host.realise(url, key, closure.top, root)
     check_fetched('the task', task.result.registered('realised')['fetched'], closure)
     if first:
         nix.verify_store(root)
-    measure.remove(root)
 
-    root = measure.fresh_root(name + '-nix')
+    root = measure.fresh_root('%s-nix-%d' % (name, run + 1))
     nix_seconds, nix_rss = measure.nix_copy(url, key, closure.top, root)
-    measure.remove(root)
 
-    root = measure.fresh_root(name + '-floor')
+    root = measure.fresh_root('%s-floor-%d' % (name, run + 1))
     floor_seconds = measure.floor(workloads.nars(workload), root, args.jobs)
-    measure.remove(root)
 
-    root = measure.fresh_root(name + '-library')
+    root = measure.fresh_root('%s-library-%d' % (name, run + 1))
     library_seconds, library_rss, report = measure.library(url, key, closure.top, root, args.jobs)
     check_fetched('the library', report['fetched'], closure)
     if first:
         nix.verify_store(root)
-    measure.remove(root)
 
     figures = dict(ping=ping.seconds, task=task.seconds - ping.seconds,
                    module=task.module_seconds, task_rss=task.rss, nix=nix_seconds,
@@ -196,7 +193,6 @@ def startup(workload, url, key, host, args):
         print('  noop           run %d: ping %5.2f  task %6.2f (module %5.3f, ping module %5.3f, '
               '%5.1f MiB)' % (run + 1, ping.seconds, differences[-1], task.module_seconds,
                               ping.module_seconds, task.rss), flush=True)
-    measure.remove(root)
     return dict(startup=median(differences), module=median(modules), ping_module=median(pings),
                 rss=max(rss))
 
@@ -264,6 +260,7 @@ def print_report(rows, noop, host, args):
 def main():
     args = parse_args()
     names = set(args.only or ALL)
+    measure.remove_roots()   # of an interrupted run
     print('building fixtures (once; kept under build/bench)', flush=True)
     key, found = build_workloads(names, args)
     host = measure.Host(args.jobs)
@@ -282,7 +279,7 @@ def main():
         if 'per-path' in names:
             workload = found['wide-zstd']
             costs = measure.per_path(host, workload, server.url_for(workload.cache_dir), key)
-    measure.remove(os.path.join(workloads.BENCH_DIR, 'roots'))
+    measure.remove_roots()
     print_report(rows, noop, host, args)
     if costs:
         print()
