@@ -39,11 +39,17 @@ ROOTS = os.path.join(BENCH_DIR, 'roots')
 
 
 def fresh_root(name):
-    """A new, empty root under ROOTS.  Measurements leave their roots in place until
-    ``remove_roots()`` at the end of the benchmark: on an ext4 without a journal (as this
-    machine's) creating a file skips, one by one, the inodes freed in the last minutes,
-    so removing a root of thousands of files would charge its clean-up to the next
-    measurement's file creations (several seconds on the wide closure)."""
+    """A new, empty root under ROOTS, as on a fresh host.
+
+    On an ext4 without a journal (as this machine's) creating a file skips, one by one,
+    the free inodes of its block group that were freed in the last minutes, which costs
+    more than the file itself after thousands of removals nearby (other roots, other
+    work on the machine).  So ROOTS is marked as a top of directory hierarchies
+    (``chattr +T``): the file system puts each root in a block group of its own choosing,
+    away from recent removals; and roots stay until ``remove_roots()`` at the end."""
+    if not os.path.isdir(ROOTS):
+        os.makedirs(ROOTS)
+        subprocess.run(['chattr', '+T', ROOTS], check=False, stderr=subprocess.DEVNULL)
     root = os.path.join(ROOTS, name)
     if os.path.lexists(root):
         raise SystemExit('%s exists: remove_roots() first' % root)
