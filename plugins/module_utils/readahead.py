@@ -14,8 +14,9 @@ import queue
 import threading
 from typing import Any
 
-CHUNK = 1 << 18              # bytes the helper asks of the stream at a time (what the
-                             # unpacker asks, so that chunks are handed over whole)
+# Bytes the helper asks of the stream at a time: what the unpacker asks, so that chunks
+# are handed over whole.
+CHUNK = 1 << 18
 DEPTH = 4                    # chunks that may wait for the reader
 _POLL = 0.1                  # seconds between two checks of close() by a waiting helper
 
