@@ -61,6 +61,8 @@ class ReadAhead(object):
         return False
 
     def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b''
         if not self._pending:
             if self._finished:
                 return b''

@@ -42,6 +42,7 @@ def test_every_byte_in_order_whatever_the_read_size(size):
     data = os.urandom(300000)
     source = Counted(data)
     with ReadAhead(source, chunk=4096, depth=3) as ahead:
+        assert ahead.read(0) == b''
         assert read_all(ahead, size) == data
         assert ahead.read(10) == b''
     assert source.thread is not threading.current_thread()
