@@ -35,11 +35,31 @@ DECOMPRESSORS = {'xz': 'xz', 'zstd': 'zstd'}
 HASHER = ['openssl', 'dgst', '-sha256', '-r']
 
 
+ROOTS = os.path.join(BENCH_DIR, 'roots')
+
+
 def fresh_root(name):
-    root = os.path.join(BENCH_DIR, 'roots', name)
-    remove(root)
+    """A new, empty root under ROOTS, as on a fresh host.
+
+    On an ext4 without a journal (as this machine's) creating a file skips, one by one,
+    the free inodes of its block group that were freed in the last minutes, which costs
+    more than the file itself after thousands of removals nearby (other roots, other
+    work on the machine).  So ROOTS is marked as a top of directory hierarchies
+    (``chattr +T``): the file system puts each root in a block group of its own choosing,
+    away from recent removals; and roots stay until ``remove_roots()`` at the end."""
+    if not os.path.isdir(ROOTS):
+        os.makedirs(ROOTS)
+        subprocess.run(['chattr', '+T', ROOTS], check=False, stderr=subprocess.DEVNULL)
+    root = os.path.join(ROOTS, name)
+    if os.path.lexists(root):
+        raise SystemExit('%s exists: remove_roots() first' % root)
     os.makedirs(root)
     return root
+
+
+def remove_roots():
+    """Remove every root (those of an earlier, interrupted benchmark too)."""
+    remove(ROOTS)
 
 
 def remove(path):
@@ -51,8 +71,13 @@ def remove(path):
         os.sync()
 
 
+ChildRun = collections.namedtuple('ChildRun', 'seconds rss out cpu')
+ChildRun.__doc__ = ('A finished command: wall seconds, peak RSS in MiB, stdout, and CPU seconds '
+                    '(user and system, its own and those of the processes it waited for).')
+
+
 def run_child(command, env=None):
-    """Run a command; (wall seconds, peak RSS in MiB, stdout)."""
+    """Run a command; a ChildRun."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
@@ -63,12 +88,13 @@ def run_child(command, env=None):
         err.seek(0)
         if process.returncode != 0:
             raise SystemExit('%s failed:\n%s' % (' '.join(command), err.read().decode()[-4000:]))
-        return seconds, usage.ru_maxrss / 1024.0, out.read().decode()
+        return ChildRun(seconds, usage.ru_maxrss / 1024.0, out.read().decode(),
+                        usage.ru_utime + usage.ru_stime)
 
 
-PlayRun = collections.namedtuple('PlayRun', 'seconds result rss module_seconds')
+PlayRun = collections.namedtuple('PlayRun', 'seconds result rss module_seconds module_cpu')
 PlayRun.__doc__ = ('One ansible-playbook run: its wall seconds, its PlaybookResult, and the '
-                   'peak RSS (MiB) and wall seconds of the one module process it ran.')
+                   'peak RSS (MiB), wall seconds and CPU seconds of the one module process it ran.')
 
 
 class Host:
@@ -108,8 +134,9 @@ class Host:
             modules = [line.split() for line in handle]
         if len(modules) != 1:
             raise SystemExit('expected one module run, the interpreter ran %d times' % len(modules))
-        rss_kib, module_seconds = modules[0]
-        return PlayRun(seconds, result, int(rss_kib) / 1024.0, float(module_seconds))
+        rss_kib, module_seconds, module_cpu = modules[0]
+        return PlayRun(seconds, result, int(rss_kib) / 1024.0, float(module_seconds),
+                       float(module_cpu))
 
     def ping(self):
         """The baseline: the same ansible-playbook run with only ``ansible.builtin.ping``."""
@@ -124,20 +151,19 @@ class Host:
         """Seconds maxrss.py adds to one start of the bare Python (fastest of ``runs``
         starts each, the least disturbed by other load)."""
         def fastest_start(command):
-            return min(run_child(command)[0] for _run in range(runs))
+            return min(run_child(command).seconds for _run in range(runs))
         return (fastest_start([self.interpreter, '-c', 'pass'])
                 - fastest_start([self.python, '-c', 'pass']))
 
 
 def nix_copy(url, key, top, root):
-    """(seconds, peak RSS in MiB) of ``nix copy`` into ``root``."""
+    """The ChildRun of ``nix copy`` into ``root``."""
     cache_home = tempfile.mkdtemp(prefix='nix-cache-home-')  # no narinfo cache between runs
     try:
         env = nix.env({'XDG_CACHE_HOME': cache_home})
         command = ['nix', 'copy', '--from', url, '--to', root,
                    '--option', 'trusted-public-keys', key, top]
-        seconds, rss, _out = run_child(command, env)
-        return seconds, rss
+        return run_child(command, env)
     finally:
         shutil.rmtree(cache_home, ignore_errors=True)
 
@@ -185,15 +211,12 @@ def library(url, key, top, root, jobs):
     """(seconds, peak RSS in MiB, report) of benchmarks/realise_once.py in this Python."""
     command = [sys.executable, os.path.join(HERE, 'realise_once.py'), '--root', root,
                '--cache', url, '--key', key, '--jobs', str(jobs), top]
-    seconds, rss, out = run_child(command)
-    return seconds, rss, json.loads(out)
+    run = run_child(command)
+    return run.seconds, run.rss, json.loads(run.out)
 
 
 def per_path(host, workload, url, key):
     """The table of benchmarks/per_path.py, run on the module's bare Python."""
     root = fresh_root('per-path')
-    try:
-        return run_child([host.python, os.path.join(HERE, 'per_path.py'),
-                          os.path.join(BENCH_DIR, workload.cache_dir), url, key, root])[2]
-    finally:
-        remove(root)
+    return run_child([host.python, os.path.join(HERE, 'per_path.py'),
+                      os.path.join(BENCH_DIR, workload.cache_dir), url, key, root]).out

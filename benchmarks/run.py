@@ -13,7 +13,8 @@ Workloads, each in a cache written and signed by real Nix (benchmarks/workloads.
                   before (benchmarks/per_path.py, on the module's Python)
 
 For each workload, every repetition runs these back to back, each into a fresh root, so
-that load drift affects all alike:
+that load drift affects all alike (the roots are removed at the end, not between
+measurements: see measure.fresh_root; they take up to about 9 GiB with the defaults):
 
   ping      ansible-playbook (the test virtualenv's) of one play without fact gathering
             whose only task is ansible.builtin.ping, on localhost with
@@ -40,7 +41,10 @@ The first task and library result of each workload are judged by `nix-store --ve
 medians of the repetitions, ratios, the module's peak RSS (ru_maxrss of the module
 process, with any process it waited for) and each target (TARGETS), met or not.
 "module s" is the wall time of the module process alone (from maxrss.py): the rest of
-"task s" is the controller's share (templating, AnsiballZ, copying the module).
+"task s" is the controller's share (templating, AnsiballZ, copying the module).  "module
+CPU s" and "nix CPU s" are the CPU seconds (user and system) of the module process and of
+nix copy: on a machine that other work shares, they vary much less than wall times, and
+each run prints the load average beside its figures.
 """
 import argparse
 import os
@@ -117,36 +121,34 @@ def timed_run(run, workload, url, key, host, args):
     closure, name, first = workload.closure, workload.name, run == 0
     ping = host.ping()
 
-    root = measure.fresh_root(name + '-task')
+    root = measure.fresh_root('%s-task-%d' % (name, run + 1))
     task = host.realise(url, key, closure.top, root)
     check_fetched('the task', task.result.registered('realised')['fetched'], closure)
     if first:
         nix.verify_store(root)
-    measure.remove(root)
 
-    root = measure.fresh_root(name + '-nix')
-    nix_seconds, nix_rss = measure.nix_copy(url, key, closure.top, root)
-    measure.remove(root)
+    root = measure.fresh_root('%s-nix-%d' % (name, run + 1))
+    nix_run = measure.nix_copy(url, key, closure.top, root)
+    nix_seconds, nix_rss = nix_run.seconds, nix_run.rss
 
-    root = measure.fresh_root(name + '-floor')
+    root = measure.fresh_root('%s-floor-%d' % (name, run + 1))
     floor_seconds = measure.floor(workloads.nars(workload), root, args.jobs)
-    measure.remove(root)
 
-    root = measure.fresh_root(name + '-library')
+    root = measure.fresh_root('%s-library-%d' % (name, run + 1))
     library_seconds, library_rss, report = measure.library(url, key, closure.top, root, args.jobs)
     check_fetched('the library', report['fetched'], closure)
     if first:
         nix.verify_store(root)
-    measure.remove(root)
 
     figures = dict(ping=ping.seconds, task=task.seconds - ping.seconds,
-                   module=task.module_seconds, task_rss=task.rss, nix=nix_seconds,
-                   nix_rss=nix_rss, floor=floor_seconds, library=library_seconds,
-                   library_rss=library_rss)
-    print('  %-14s run %d: ping %5.2f  task %6.2f (module %6.2f, %5.1f MiB)  nix copy %6.2f  '
-          'floor %6.2f  library %6.2f (%5.1f MiB)' % (
-              name, run + 1, ping.seconds, figures['task'], task.module_seconds, task.rss,
-              nix_seconds, floor_seconds, library_seconds, library_rss), flush=True)
+                   module=task.module_seconds, module_cpu=task.module_cpu, task_rss=task.rss,
+                   nix=nix_seconds, nix_cpu=nix_run.cpu, nix_rss=nix_rss, floor=floor_seconds,
+                   library=library_seconds, library_rss=library_rss)
+    print('  %-14s run %d: ping %5.2f  task %6.2f (module %6.2f, CPU %5.2f, %5.1f MiB)  '
+          'nix copy %6.2f (CPU %5.2f)  floor %6.2f  library %6.2f (%5.1f MiB)  load %s' % (
+              name, run + 1, ping.seconds, figures['task'], task.module_seconds, task.module_cpu,
+              task.rss, nix_seconds, nix_run.cpu, floor_seconds, library_seconds, library_rss,
+              load()), flush=True)
     return figures
 
 
@@ -161,11 +163,17 @@ def bench(workload, url, key, host, args):
                paths=len(closure.paths),
                nar_mib=closure.nar_size / workloads.MIB,
                largest_nar_mib=largest_nar(closure) / workloads.MIB)
-    for field in ('ping', 'task', 'module', 'nix', 'floor', 'library'):
+    for field in ('ping', 'task', 'module', 'module_cpu', 'nix', 'nix_cpu', 'floor', 'library'):
         row[field] = median(run[field] for run in runs)
     for field in ('task_rss', 'nix_rss', 'library_rss'):
         row[field] = max(run[field] for run in runs)
     return row
+
+
+def load():
+    """The machine's load average over the last minute, as text."""
+    with open('/proc/loadavg') as handle:
+        return handle.read().split()[0]
 
 
 def largest_nar(closure):
@@ -196,7 +204,6 @@ def startup(workload, url, key, host, args):
         print('  noop           run %d: ping %5.2f  task %6.2f (module %5.3f, ping module %5.3f, '
               '%5.1f MiB)' % (run + 1, ping.seconds, differences[-1], task.module_seconds,
                               ping.module_seconds, task.rss), flush=True)
-    measure.remove(root)
     return dict(startup=median(differences), module=median(modules), ping_module=median(pings),
                 rss=max(rss))
 
@@ -210,7 +217,8 @@ def verdict(value, target, unit=''):
 
 def print_table(rows):
     header = ('workload', 'paths', 'NAR MiB', 'task s', 'module s', 'nix copy s', 'floor s', 'library s',
-              'task/nix', 'task/floor', 'module RSS MiB')
+              'task/nix', 'task/floor', 'module CPU s', 'nix CPU s', 'CPU module/nix',
+              'module RSS MiB')
     lines = [header]
     for r in rows:
         targets = TARGETS[r['name']]
@@ -218,6 +226,8 @@ def print_table(rows):
                       '%.2f' % r['module'], '%.2f' % r['nix'], '%.2f' % r['floor'], '%.2f' % r['library'],
                       verdict('%.2f' % (r['task'] / r['nix']), targets.get('nix'), 'x'),
                       verdict('%.2f' % (r['task'] / r['floor']), targets.get('floor'), 'x'),
+                      '%.2f' % r['module_cpu'], '%.2f' % r['nix_cpu'],
+                      '%.2fx' % (r['module_cpu'] / r['nix_cpu']),
                       verdict('%.0f' % r['task_rss'], RSS_TARGET_MIB)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
@@ -264,6 +274,7 @@ def print_report(rows, noop, host, args):
 def main():
     args = parse_args()
     names = set(args.only or ALL)
+    measure.remove_roots()   # of an interrupted run
     print('building fixtures (once; kept under build/bench)', flush=True)
     key, found = build_workloads(names, args)
     host = measure.Host(args.jobs)
@@ -282,7 +293,7 @@ def main():
         if 'per-path' in names:
             workload = found['wide-zstd']
             costs = measure.per_path(host, workload, server.url_for(workload.cache_dir), key)
-    measure.remove(os.path.join(workloads.BENCH_DIR, 'roots'))
+    measure.remove_roots()
     print_report(rows, noop, host, args)
     if costs:
         print()

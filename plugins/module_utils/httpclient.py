@@ -118,6 +118,7 @@ class HttpClient(object):
         self.use_proxy = use_proxy
         self._context = None
         self._idle = {}      # connection key -> [idle connections]
+        self._proxies = {}   # (scheme, host) -> proxy URL or None
         self._lock = threading.Lock()
 
     def tls_context(self) -> Any:
@@ -210,12 +211,21 @@ class HttpClient(object):
         return ('https', host, port, (proxy_address, tuple(sorted(proxy_headers.items())))), path, {}
 
     def _proxy_for(self, scheme, host):
+        """The proxy URL for an origin, or None.  Looked up once per (scheme, host):
+        ``urllib`` reads the whole environment at each call, which a few hundred
+        requests to one cache would pay each time."""
         if not self.use_proxy:
             return None
+        try:
+            return self._proxies[scheme, host]
+        except KeyError:
+            pass
         from urllib.request import getproxies, proxy_bypass
         proxy = getproxies().get(scheme)
         if not proxy or proxy_bypass(host):
-            return None
+            proxy = None
+        with self._lock:
+            self._proxies[scheme, host] = proxy
         return proxy
 
     def _acquire(self, key, timeout):

@@ -5,7 +5,8 @@
 
 Each NAR flows through one pipeline, in one pass and bounded memory:
 cache stream -> count -> decompress -> sha256 and size -> safe unpack into a temporary
-directory beside the final path, in parallel and without any lock.  Only when NarHash
+directory beside the final path, in parallel and without any lock (for a large NAR the
+steps before the unpacker run in a thread of their own, a few chunks ahead of it).  Only when NarHash
 and NarSize match, and the path's references are valid, is the directory renamed into
 place and registered, under the path's lock, so a path is either fully valid in the
 store or absent.  Decompression and unpacking stop as soon as the stream goes beyond the
@@ -34,10 +35,14 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
 from ansible_collections.nixcache.closure.plugins.module_utils import nar
 from ansible_collections.nixcache.closure.plugins.module_utils.optimise import Optimiser, Savings
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
+from ansible_collections.nixcache.closure.plugins.module_utils.readahead import ReadAhead
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import receipt_path, write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
 MIB = 1024.0 * 1024.0
+# NARs at least this large are downloaded, decompressed and hashed in a thread of their
+# own while they are unpacked; below it a thread costs more than the overlap gains.
+READ_AHEAD_MIN = 4 << 20
 
 
 class CountingReader(object):
@@ -350,7 +355,11 @@ class Realiser(object):
                 decompressed = self._open_decompressed(item.narinfo.compression, counted)
                 try:   # closed at once: a decompressor process or thread stops with the NAR
                     hashed = HashingReader(decompressed)
-                    nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
+                    if item.narinfo.nar_size >= READ_AHEAD_MIN:
+                        with ReadAhead(hashed) as ahead:
+                            nar.unpack(ahead, temp_dir, max_size=item.narinfo.nar_size)
+                    else:
+                        nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
                 finally:
                     decompressed.close()
             finally:

@@ -7,10 +7,11 @@ Substituter does, and can be told to stop answering or to serve a spoilt NAR.
 import hashlib
 import io
 import os
+import threading
 
 import pytest
 
-from ansible_collections.nixcache.closure.plugins.module_utils import errors, nar
+from ansible_collections.nixcache.closure.plugins.module_utils import errors, nar, realise
 from ansible_collections.nixcache.closure.plugins.module_utils.closure import plan_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import format_base32
 from ansible_collections.nixcache.closure.plugins.module_utils.narinfo import NarInfo
@@ -106,8 +107,12 @@ def closure(tmp_path):
     return Closure(tmp_path / 'trees')
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(params=['inline', 'read ahead'])
+def store(request, tmp_path, monkeypatch):
+    """The store to realise into; each test runs with NARs unpacked as they are read, and
+    again with every NAR read ahead in a thread of its own (as large NARs are)."""
+    if request.param == 'read ahead':
+        monkeypatch.setattr(realise, 'READ_AHEAD_MIN', 0)
     with LocalStore(root=str(tmp_path / 'root')) as opened:
         yield opened
 
@@ -224,6 +229,37 @@ def test_after_a_failure_what_is_valid_is_a_closed_set(closure, store):
                  if StorePath(name[:32], name[33:]) not in valid] if os.path.isdir(
         store.real_store_dir) else []
     assert leftovers == []
+
+
+def test_a_read_ahead_nar_that_fails_midway_leaves_nothing_and_no_thread(closure, store):
+    """A NAR read ahead that the cache cuts off: the error is the cache's, no temporary
+    copy remains and the helper thread is gone once the run fails."""
+    class Failing(FakeCache):
+        def open_nar(self, url, store_path=None, nar_size=None):
+            stream = super(Failing, self).open_nar(url, store_path, nar_size)
+            if store_path.name != 'lib':
+                return stream
+            data = stream.read()
+
+            class CutOff(object):
+                given = False
+
+                def read(self, size=-1):
+                    if self.given:
+                        raise errors.CacheUnavailable('connection reset', cache='mem://one')
+                    self.given = True
+                    return data[:len(data) // 2]
+
+                def close(self):
+                    pass
+            return CutOff()
+    with pytest.raises(errors.CacheUnavailable, match='connection reset'):
+        Realiser(store, [Failing('mem://one', closure)], TRUSTED, jobs=2).realise(
+            [closure.paths['app']])
+    assert closed(store)
+    assert not [name for name in os.listdir(store.real_store_dir) if name.startswith('.')]
+    assert not [thread for thread in threading.enumerate()
+                if thread.name == 'nixcache-read-ahead']
 
 
 def test_when_every_cache_fails_the_error_names_them_all(closure, store):
