@@ -18,6 +18,10 @@ pg_extra               session  Closure of a second package for the Postgres pro
 caches                 session  Caches: compression -> Cache(compression, directory, url,
                                 public_key) for xz, zstd, bzip2, none, each holding all
                                 three closures; ``caches.root`` is their parent
+pg_closure_16          session  PgClosure of PostgreSQL 16 (tests/fixtures/postgresql-binaries.nix,
+pg_closure_17                   from ``make pg-binaries``), laid out as ``pg_closure``; 17 alike
+upgrade_caches         session  Caches (zstd only) holding ``pg_closure``, 16 and 17, under
+                                ``build/fixtures/upgrade-caches``, for the major-upgrade tests
 http_cache_server      session  CacheServer on 127.0.0.1 serving ``caches.root``
 http_cache             function the same server with faults and request log cleared;
                                 ``http_cache.url_for('xz')`` is the xz cache
@@ -117,6 +121,31 @@ def pg_extra():
 def caches(nix_keys, small_closure, pg_closure, pg_closure_b):
     return _timed('caches', lambda: fixtures.caches(
         nix_keys, [small_closure, pg_closure, pg_closure_b]))
+
+
+def _pg_major_closure(major):
+    _require_nix()
+    try:
+        return _timed('pg_closure_' + major, lambda: fixtures.pg_major_closure(major))
+    except fixtures.PgBinariesMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def pg_closure_16():
+    return _pg_major_closure('16')
+
+
+@pytest.fixture(scope='session')
+def pg_closure_17():
+    return _pg_major_closure('17')
+
+
+@pytest.fixture(scope='session')
+def upgrade_caches(nix_keys, pg_closure, pg_closure_16, pg_closure_17):
+    return _timed('upgrade_caches', lambda: fixtures.caches(
+        nix_keys, [pg_closure, pg_closure_16, pg_closure_17],
+        root=os.path.join(fixtures.FIXTURES_BUILD_DIR, 'upgrade-caches'), compressions=('zstd',)))
 
 
 @pytest.fixture(scope='session')
