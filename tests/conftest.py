@@ -20,7 +20,7 @@ caches                 session  Caches: compression -> Cache(compression, direct
                                 three closures; ``caches.root`` is their parent
 pg_closure_16          session  PgClosure of PostgreSQL 16 (tests/fixtures/postgresql-binaries.nix,
 pg_closure_17                   from ``make pg-binaries``), laid out as ``pg_closure``; 17 alike
-upgrade_caches         session  Caches (zstd only) holding ``pg_closure``, 16 and 17, under
+upgrade_caches         session  Caches (uncompressed) holding ``pg_closure``, 16 and 17, under
                                 ``build/fixtures/upgrade-caches``, for the major-upgrade tests
 http_cache_server      session  CacheServer on 127.0.0.1 serving ``caches.root``
 http_cache             function the same server with faults and request log cleared;
@@ -145,7 +145,7 @@ def pg_closure_17():
 def upgrade_caches(nix_keys, pg_closure, pg_closure_16, pg_closure_17):
     return _timed('upgrade_caches', lambda: fixtures.caches(
         nix_keys, [pg_closure, pg_closure_16, pg_closure_17],
-        root=os.path.join(fixtures.FIXTURES_BUILD_DIR, 'upgrade-caches'), compressions=('zstd',)))
+        root=os.path.join(fixtures.FIXTURES_BUILD_DIR, 'upgrade-caches'), compressions=('none',)))
 
 
 @pytest.fixture(scope='session')

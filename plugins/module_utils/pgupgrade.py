@@ -390,8 +390,12 @@ class Upgrade(object):
             for row in self.psql(bindir, server, 'select distinct probin from pg_proc '
                                  'where probin is not null', database=database):
                 libraries.add(row[0])
-        preload = self.psql(bindir, server, 'show shared_preload_libraries')
-        libraries.update(split_setting_list(preload[0][0] if preload else ''))
+        # what runs now, and what the configuration files set for the next start
+        for row in self.psql(bindir, server, (
+                "select setting from pg_settings where name = 'shared_preload_libraries' "
+                "union all (select setting from pg_file_settings where name = "
+                "'shared_preload_libraries' and error is null order by seqno desc limit 1)")):
+            libraries.update(split_setting_list(row[0]))
         return dict(install_user=install_user, encoding=template[0], collate=template[1],
                     ctype=template[2], locale_provider=template[3], icu_locale=template[4],
                     libraries=sorted(libraries))
