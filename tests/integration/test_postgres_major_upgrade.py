@@ -166,7 +166,6 @@ def test_a_missing_library_is_refused_before_anything_changes(host, cache, pg_cl
     assert not os.path.exists(host.path('/data/pgdata.17'))
 
 
-@pytest.mark.skip(reason='not yet run to a pass')
 def test_upgrade_15_to_17_by_copy_keeps_everything_and_a_re_run_changes_nothing(
         host, cache, pg_closure, pg_closure_17):
     before = fingerprint(host)
