@@ -35,7 +35,7 @@ PG_BINARIES_DIR := build/pg-binaries
 PG_BINARIES := 16.15.0=93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951 \
 	17.11.0=a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224
 
-.PHONY: help deps venv controllers collections-extra pg-binaries unit integration sanity lint test demo bench clean distclean
+.PHONY: help deps venv controllers collections-extra pg-binaries unit integration sanity lint test demo bench bench-upgrade clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
@@ -57,6 +57,8 @@ help:
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
 	@echo '                  the library (BENCH_ARGS="--runs 1 --wide-paths 30" for a quick run)'
+	@echo 'make bench-upgrade  downtime of a major upgrade: the role beside pg_upgrade by hand,'
+	@echo '                  copy and link (BENCH_ARGS="--runs 1 --scale 5" for a quick run)'
 	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
 
 deps:
@@ -162,6 +164,9 @@ demo: deps venv
 
 bench: deps venv
 	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-upgrade: deps venv pg-binaries
+	$(VENV_BIN)/python benchmarks/upgrade.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -78,7 +78,7 @@ def data_version(data_dir: str) -> int:
         with open(os.path.join(data_dir, 'PG_VERSION')) as f:
             return major_of(f.read())
     except OSError:
-        raise ClusterError('no PostgreSQL cluster here (no PG_VERSION)', path=data_dir)
+        raise ClusterError('no PostgreSQL cluster here (no PG_VERSION)', path=data_dir) from None
 
 
 def parse_controldata(text: str) -> Dict[str, str]:
@@ -105,7 +105,7 @@ def controldata(host: Host, bindir: str, data_dir: str, user: str) -> Dict[str, 
                     state=fields.get('Database cluster state', ''))
     except (KeyError, ValueError):
         raise ClusterError('pg_controldata gave no checksum setting or WAL segment size',
-                           path=data_dir, found=out.strip()[:400])
+                           path=data_dir, found=out.strip()[:400]) from None
 
 
 def running_server(data_dir: str) -> Optional[Dict[str, Any]]:

@@ -20,6 +20,7 @@ the states recorded in ``D.upgrade/state.json`` (written atomically) after each:
                options: the point of no return for ``link``
   done         update_extensions.sql and ``vacuumdb --analyze-in-stages`` ran
   rolled-back  the old cluster is back at ``D`` and serves
+  refused      a check on the initialised new cluster refused; it is removed again
 
 Nothing changes the old cluster before ``transferring``.  A run finding ``realised``,
 ``checked`` or ``transferring`` (a crash before pg_upgrade finished) undoes the transfer
@@ -49,7 +50,8 @@ from ansible_collections.nixcache.closure.plugins.module_utils.pgcluster import 
 )
 
 METHODS = ('copy', 'clone', 'link')
-STATES = ('realised', 'checked', 'transferring', 'transferred', 'new-started', 'done', 'rolled-back')
+STATES = ('realised', 'checked', 'transferring', 'transferred', 'new-started', 'done', 'rolled-back',
+          'refused')
 # Before this state the old cluster is untouched; from it on, the new cluster is the one.
 UNDONE_BY_RECOVERY = ('realised', 'checked', 'transferring')
 CONFIG_FILES = ('postgresql.conf', 'postgresql.auto.conf', 'pg_hba.conf', 'pg_ident.conf')
@@ -93,7 +95,7 @@ class StateFile(object):
         except (OSError, ValueError) as error:
             raise UpgradeError('the upgrade state file cannot be read: move it away only after '
                                'checking which cluster is the good one', path=self.path,
-                               found=str(error))
+                               found=str(error)) from None
         if self.record is not None and self.record.get('state') not in STATES:
             raise UpgradeError('unknown upgrade state', path=self.path,
                                found=self.record.get('state'))
@@ -151,7 +153,7 @@ class UpgradeLock(object):
                 if time.monotonic() > deadline:
                     self.file.close()
                     raise UpgradeError('another upgrade of this cluster is still running',
-                                       path=self.path)
+                                       path=self.path) from None
                 time.sleep(1)
 
     def __exit__(self, *exc: Any) -> None:
@@ -184,8 +186,10 @@ def missing_libraries(used: List[str], new_libdir: str) -> List[str]:
 
 
 def split_setting_list(value: str) -> List[str]:
-    """``shared_preload_libraries`` as a list ("a, b" -> ["a", "b"])."""
-    return [item.strip().strip('"') for item in (value or '').split(',') if item.strip()]
+    """``shared_preload_libraries`` as a list ("a, b" -> ["a", "b"]); the configuration
+    files may quote the whole list ('"a,b"')."""
+    return [item.strip().strip('"') for item in (value or '').strip().strip('"').split(',')
+            if item.strip().strip('"')]
 
 
 def data_size(data_dir: str) -> int:
@@ -390,11 +394,12 @@ class Upgrade(object):
             for row in self.psql(bindir, server, 'select distinct probin from pg_proc '
                                  'where probin is not null', database=database):
                 libraries.add(row[0])
-        # what runs now, and what the configuration files set for the next start
+        # what runs now, and what the configuration files set for the next start (the last
+        # entry wins; it is marked "could not be applied" until a restart)
         for row in self.psql(bindir, server, (
                 "select setting from pg_settings where name = 'shared_preload_libraries' "
                 "union all (select setting from pg_file_settings where name = "
-                "'shared_preload_libraries' and error is null order by seqno desc limit 1)")):
+                "'shared_preload_libraries' order by seqno desc limit 1)")):
             libraries.update(split_setting_list(row[0]))
         return dict(install_user=install_user, encoding=template[0], collate=template[1],
                     ctype=template[2], locale_provider=template[3], icu_locale=template[4],
@@ -488,7 +493,11 @@ class Upgrade(object):
                                    'it holds nothing you need', path=stale)
         self.state_file.archive()
         self.state_file.save('realised', **plan)
-        self._check(plan)
+        try:
+            self._check(plan)
+        except PreflightError as error:
+            self.state_file.save('refused', reason=str(error))
+            raise
         self._transfer(plan)
         self._finish()
         return True
@@ -513,10 +522,12 @@ class Upgrade(object):
         except UpgradeError as error:
             shutil.rmtree(new_dir, ignore_errors=True)
             if 'locale' in (error.found or ''):
+                locales = sorted(set(option.split('=', 1)[1] for option in plan['initdb']
+                                     if option.startswith(('--lc-collate=', '--lc-ctype='))))
                 raise PreflightError(['the new build cannot load the old cluster\'s locale %s '
                                       '(its glibc, with LOCALE_ARCHIVE=%s): %s' % (
-                                          plan['initdb'], self.environment.get('LOCALE_ARCHIVE'),
-                                          error.found)], path=self.data_dir)
+                                          ', '.join(locales), self.environment.get('LOCALE_ARCHIVE'),
+                                          error.found)], path=self.data_dir) from None
             raise
         self._carry_settings(plan)
         old = controldata(self.host, plan['old']['bindir'], plan['old_data_dir'], self.user)
@@ -531,7 +542,7 @@ class Upgrade(object):
         except UpgradeError as error:
             shutil.rmtree(new_dir, ignore_errors=True)
             raise PreflightError(['pg_upgrade --check found the clusters incompatible: %s'
-                                  % error.found], path=self.data_dir)
+                                  % error.found], path=self.data_dir) from None
         self.state_file.save('checked')
 
     def _carry_settings(self, plan: Dict[str, Any]) -> None:
@@ -553,7 +564,7 @@ class Upgrade(object):
             self._undo_transfer('pg_upgrade failed')
             raise UpgradeError('pg_upgrade failed; the old cluster is back and serves (logs in '
                                '%s/pg_upgrade_output.d, if kept)' % plan['new_data_dir'],
-                               path=self.data_dir, found=error.found)
+                               path=self.data_dir, found=error.found) from None
         self.state_file.save('transferred')
 
     def _finish(self) -> None:
@@ -599,10 +610,14 @@ class Upgrade(object):
                 os.rename(data, new)
             if not os.path.exists(data):
                 os.rename(kept, data)
-        # a killed pg_upgrade can leave its own servers running (on its ports, with its options)
+        # a killed pg_upgrade can leave its own servers running (on its ports, with its
+        # options); before the transfer the old server is the user's own and keeps running
         if os.path.isdir(new):
             self.stop_server(plan['new']['bindir'], new)
-        self.stop_server(plan['old']['bindir'], data)
+        server = running_server(data)
+        if server and (self.state_file.state not in ('realised', 'checked')
+                       or server['port'] != plan['port']):
+            self.stop_server(plan['old']['bindir'], data)
         control = os.path.join(data, 'global', 'pg_control')
         if not os.path.exists(control) and os.path.exists(control + '.old'):
             os.rename(control + '.old', control)
@@ -630,7 +645,7 @@ class Upgrade(object):
             return False
         with UpgradeLock(os.path.join(self.work_dir, 'lock')) if not check_mode else _nothing():
             state = self.state_file.load() and self.state_file.state
-            if state in (None, 'rolled-back'):
+            if state in (None, 'rolled-back', 'refused'):
                 return False
             plan = self.record()
             if plan['method'] == 'link' and state in ('new-started', 'done'):

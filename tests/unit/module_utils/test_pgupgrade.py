@@ -134,6 +134,8 @@ def test_library_names():
     assert library_name(' "pg_stat_statements" ') == 'pg_stat_statements'
     assert split_setting_list('pg_stat_statements, "auto_explain" ,') == [
         'pg_stat_statements', 'auto_explain']
+    assert split_setting_list('"pg_stat_statements,auto_explain"') == [
+        'pg_stat_statements', 'auto_explain']
     assert split_setting_list('') == []
 
 
