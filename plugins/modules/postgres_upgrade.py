@@ -10,7 +10,7 @@ version_added: 0.2.0
 description:
   - Upgrades the cluster in O(data_dir) to the major version of the programs in
     O(new_bindir) (a realised closure, beside the old one) with the new build's
-    C(pg_upgrade). The cluster keeps its path: afterwards O(data_dir) holds the new
+    C(pg_upgrade). The cluster keeps its path, so afterwards O(data_dir) holds the new
     cluster, its server runs on the old port with the old start options
     (C(postmaster.opts)), and the old cluster is kept at C(<data_dir>.<old major>) until
     O(state=cleaned).
