@@ -25,7 +25,7 @@ description:
     C(update_extensions.sql); C(vacuumdb --all --analyze-in-stages) (not for 18 and later,
     which carry the statistics over)."
   - Each step is recorded in C(<data_dir>.upgrade/state.json). A run after a crash
-    (the play or C(pg_upgrade) killed, power lost) finds the record: before the transfer
+    (the play or C(pg_upgrade) killed, power lost) finds the record; before the transfer
     finished it puts the old cluster back and starts again, after it it finishes. A run
     after success changes nothing.
   - O(state=rolled_back) puts the old cluster back at O(data_dir) and starts it. With
