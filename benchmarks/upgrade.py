@@ -69,6 +69,12 @@ class Probe(threading.Thread):
         self.samples = []
         self.running = True
 
+    def start(self):
+        """Start probing, and return once the first try is made."""
+        super().start()
+        while not self.samples:
+            time.sleep(PROBE_SECONDS)
+
     def answers(self):
         body = struct.pack('!I', 196608) + b'user\0' + USER.encode() + b'\0database\0postgres\0\0'
         try:
@@ -90,14 +96,18 @@ class Probe(threading.Thread):
         to the first after it."""
         self.running = False
         self.join()
+        if not self.samples or not self.samples[0][1]:
+            raise RuntimeError('the server did not answer before the upgrade')
+        if not self.samples[-1][1]:
+            raise RuntimeError('the server did not answer at the end of the upgrade')
+        if all(answered for _at, answered in self.samples):
+            raise RuntimeError('the server never stopped answering (%d tries)' % len(self.samples))
         longest, last_answer = 0.0, None
         for at, answered in self.samples:
             if answered:
                 if last_answer is not None:
                     longest = max(longest, at - last_answer)
                 last_answer = at
-        if not self.samples or not self.samples[-1][1]:
-            raise RuntimeError('the server did not answer at the end of the upgrade')
         return longest
 
 

@@ -26,8 +26,6 @@ import pytest
 
 from nixtest import REPO
 from nixtest.ansible import run_playbook
-from nixtest.http import CacheServer
-from nixtest.target import TargetHost
 
 pytestmark = pytest.mark.slow
 
@@ -56,21 +54,13 @@ ROLLBACK_TASK = 'Put the old cluster back (postgres_upgrade_rollback)'
 
 
 @pytest.fixture(scope='module')
-def host(tmp_path_factory):
-    if not os.path.exists('/usr/sbin/debootstrap'):
-        pytest.fail('debootstrap is missing: run `make deps`', pytrace=False)
-    target = TargetHost(tmp_path_factory.mktemp('upgrade-host') / 'root').start()
-    try:
-        yield target
-    finally:
-        target.stop()
+def host(own_target_host):
+    return own_target_host
 
 
 @pytest.fixture(scope='module')
-def cache(upgrade_caches, nix_keys):
-    with CacheServer(upgrade_caches.root) as server:
-        yield dict(substituters=[server.url_for('none')],
-                   trusted_public_keys=[nix_keys.trusted.public])
+def cache(upgrade_cache):
+    return upgrade_cache
 
 
 def apply_role(target, cache, store_path, ok=True, check=False, **variables):
