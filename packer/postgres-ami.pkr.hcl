@@ -233,7 +233,19 @@ variable "manifest_path" {
 variable "artifacts_dir" {
   type        = string
   default     = ""
-  description = "Where each architecture's artifacts are downloaded, as <artifacts_dir>/<architecture>/receipts/; empty: the manifest's directory."
+  description = "Where each architecture's artifacts are downloaded, as <artifacts_dir>/<architecture>/receipts/ and sbom/; empty: the manifest's directory."
+}
+
+variable "sbom_timestamp" {
+  type        = string
+  default     = ""
+  description = "The time written into each image's SBOM (UTC such as 2026-01-31T00:00:00Z, or seconds since 1970), for documents that the same pins always reproduce; empty: the time of the build."
+}
+
+variable "optimise_store" {
+  type        = bool
+  default     = true
+  description = "Hard-link identical files in the image's store as the roles fill it (/nix/store/.links, as nix-store --optimise does), and set auto-optimise-store in nix.conf: smaller snapshots."
 }
 
 variable "galaxy_file" {
@@ -332,6 +344,10 @@ locals {
         nix_store_path      = lookup(pin, "nix", "")
         substituters        = var.substituters
         trusted_public_keys = var.trusted_public_keys
+        # the image's SBOM, written by the roles beside the receipts
+        postgres_sbom_timestamp  = var.sbom_timestamp
+        nix_store_sbom_timestamp = var.sbom_timestamp
+        optimise                 = var.optimise_store
       }
     }
   }
@@ -468,6 +484,14 @@ build {
     destination = "${local.artifacts_dir}/${source.name}/"
   }
 
+  # The image's SBOM (CycloneDX and SPDX JSON of the realised closures, written by the roles)
+  # comes back beside them, as <artifacts_dir>/<architecture>/sbom/image.{cdx,spdx}.json.
+  provisioner "file" {
+    direction   = "download"
+    source      = "/nix/var/nixcache/sbom/"
+    destination = "${local.artifacts_dir}/${source.name}/"
+  }
+
   post-processor "manifest" {
     output     = var.manifest_path
     strip_path = true
@@ -478,6 +502,7 @@ build {
       nix_store_path      = local.build[source.name].nix
       closure_hash        = local.build[source.name].hash
       receipts            = "${local.artifacts_dir}/${source.name}/receipts"
+      sbom                = "${local.artifacts_dir}/${source.name}/sbom"
     }
   }
 }

@@ -8,6 +8,9 @@ small progress file the module rewrites on the managed host (a plain ``cat`` ove
 connection, without become) and prints a line at least every few seconds: paths and MiB
 done of the total, and the rate.  With ``-v`` it also prints a line per fetched path.  The
 result is the module's own, so nothing changes for idempotence or registered values.
+
+With ``fetch_on: controller`` the controller fetches the closure and sends the host what
+it lacks before the module runs on it (push mode, see ``plugin_utils/push.py``).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,13 +19,18 @@ __metaclass__ = type
 import concurrent.futures
 import json
 import posixpath
+import shlex
 import uuid
 
+from ansible import constants as C
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible.utils.vars import merge_hash
 
+from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
+from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import describe
+from ansible_collections.nixcache.closure.plugins.plugin_utils.push import Transport, push
 
 display = Display()
 
@@ -35,7 +43,10 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         wrap_async = self._task.async_val and not self._connection.has_native_async
-        if wrap_async or self._task.check_mode or self._play_context.check_mode:
+        check_mode = self._task.check_mode or self._play_context.check_mode
+        if self._task.args.get('fetch_on') == 'controller' and not wrap_async:
+            result = merge_hash(result, self._push(task_vars, check_mode))
+        elif wrap_async or check_mode:
             result = merge_hash(result, self._execute_module(task_vars=task_vars,
                                                              wrap_async=wrap_async))
         else:
@@ -44,8 +55,37 @@ class ActionModule(ActionBase):
             self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
 
-    def _run_with_progress(self, task_vars):
-        args = dict(self._task.args)
+    def _push(self, task_vars, check_mode):
+        """Push mode (fetch_on: controller): see plugin_utils.push."""
+        host = task_vars.get('inventory_hostname', '?') if task_vars else '?'
+        transport = Transport(
+            execute=lambda args: self._as_asked(self._execute_module(module_args=args,
+                                                                     task_vars=task_vars)),
+            execute_with_progress=lambda args: self._run_with_progress(task_vars, args),
+            remote_dir=self._remote_dir,
+            send=self._send,
+            say=lambda text: display.display('realise [%s]: %s' % (host, text)))
+        try:
+            return push(dict(self._task.args), transport, check_mode, C.DEFAULT_LOCAL_TMP)
+        except (NixCacheError, OSError) as error:
+            return dict(failed=True, **failure(error))
+
+    def _remote_dir(self, name):
+        if self._connection._shell.tmpdir is None:
+            self._make_tmp_path()
+        path = self._connection._shell.join_path(self._connection._shell.tmpdir, name)
+        made = self._low_level_execute_command('mkdir -p %s' % shlex.quote(path), sudoable=False)
+        if made.get('rc'):
+            raise OSError(made.get('rc'), 'cannot make %s on the host: %s'
+                          % (path, made.get('stderr', '').strip()))
+        return path
+
+    def _send(self, local, remote):
+        self._transfer_file(local, remote)
+        self._fixup_perms2([posixpath.dirname(remote), remote], execute=False)
+
+    def _run_with_progress(self, task_vars, args=None):
+        args = dict(self._task.args if args is None else args)
         root = args.get('root') or '/'
         progress_file = posixpath.join(root, PROGRESS_DIR.lstrip('/'), '%s.json' % uuid.uuid4().hex)
         args['progress_file'] = progress_file
@@ -75,6 +115,7 @@ class ActionModule(ActionBase):
         invocation = result.get('invocation')
         if isinstance(invocation, dict) and isinstance(invocation.get('module_args'), dict):
             invocation['module_args']['progress_file'] = None
+            invocation['module_args']['pushed'] = None
         return result
 
     def _read_progress(self, path):

@@ -58,6 +58,19 @@ options:
         or reset, time-out, HTTP 5xx), with exponential back-off and jitter.
     type: int
     default: 3
+  throttle_timeout:
+    description:
+      - Seconds one request may keep being asked again while the cache throttles it (HTTP 429,
+        an HTTP 503 with C(Retry-After), or S3's C(SlowDown)). These answers do not count against
+        O(retries).
+      - Each wait is the one the cache names in C(Retry-After) (seconds or an HTTP date), else an
+        exponential back-off with jitter of at most 15 s.
+      - A request still throttled when the next wait would end after this many seconds, or whose
+        C(Retry-After) asks for longer, fails the task naming the cache, the answer and the waits;
+        realise on fewer hosts at once (C(forks), C(serial)) or put a CDN in front of the cache.
+    type: int
+    default: 120
+    version_added: 0.2.0
   validate_certs:
     description: Verify the TLS certificates of C(https://) caches.
     type: bool
@@ -165,6 +178,11 @@ options:
       - name: nixcache_retries
     env:
       - name: NIXCACHE_RETRIES
+  throttle_timeout:
+    vars:
+      - name: nixcache_throttle_timeout
+    env:
+      - name: NIXCACHE_THROTTLE_TIMEOUT
   validate_certs:
     vars:
       - name: nixcache_validate_certs

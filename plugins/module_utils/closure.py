@@ -11,6 +11,7 @@ required, carry a signature by a trusted key.  Caches are asked in order; the fi
 trustworthy answer wins.
 """
 
+import collections
 import concurrent.futures
 from typing import Any, Callable, Iterable, Optional, Sequence, Set
 
@@ -85,17 +86,19 @@ def plan_closure(requested: Iterable[Any], caches: Sequence[Any], trusted_keys: 
     def look_up(store_path):
         return find_narinfo(store_path, caches, trusted_keys, require_sigs)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        pending = set()
+    jobs = max(1, jobs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = set()           # at most ``jobs`` look-ups: each wait goes over them all
+        waiting = collections.deque()
 
         def enqueue(paths):
             fresh = [path for path in paths if path not in seen]
             seen.update(fresh)
             already = present(fresh) if fresh else set()
             valid.update(already)
-            for path in fresh:
-                if path not in already:
-                    pending.add(pool.submit(look_up, path))
+            waiting.extend(path for path in fresh if path not in already)
+            while waiting and len(pending) < jobs:
+                pending.add(pool.submit(look_up, waiting.popleft()))
 
         try:
             enqueue(requested)

@@ -34,6 +34,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.storepath import 
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import (
     DEFAULT_PRIORITY,
+    THROTTLE_TIMEOUT,
     CacheOptions,
 )
 
@@ -43,6 +44,7 @@ CACHE_ARGUMENT_SPEC = dict(
     require_sigs=dict(type='bool', default=True),
     timeout=dict(type='int', default=30),
     retries=dict(type='int', default=3),
+    throttle_timeout=dict(type='int', default=THROTTLE_TIMEOUT),
     validate_certs=dict(type='bool', default=True),
     use_nix_conf=dict(type='bool', default=True),
     url_username=dict(type='str'),
@@ -116,6 +118,7 @@ def client_options(options: Dict[str, Any], root: str = '/', settings: Optional[
                endpoint_url=options.get('endpoint_url'), access_key=options.get('access_key'),
                secret_key=options.get('secret_key'), session_token=options.get('session_token'))
     return CacheOptions(timeout=options.get('timeout', 30), retries=options.get('retries', 3),
+                        throttle_timeout=options.get('throttle_timeout', THROTTLE_TIMEOUT),
                         validate_certs=options.get('validate_certs', True),
                         http=dict((k, v) for k, v in http.items() if v is not None),
                         aws=dict((k, v) for k, v in aws.items() if v))

@@ -91,6 +91,10 @@ class InvalidNixConf(NixCacheError):
     """A nix.conf line or include that Nix itself would reject."""
 
 
+class InvalidSbomOption(NixCacheError):
+    """An SBOM option (format, timestamp, CPE vendor) that cannot be honoured."""
+
+
 class StoreError(NixCacheError):
     """A failure of the local store: locking, unpacking, the database."""
 

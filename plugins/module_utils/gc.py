@@ -15,7 +15,11 @@ Locking is Nix 2.8's: the collector holds ``gc.lock`` exclusively, so nothing th
 shared (our realiser and profiles, ``nix-store --verify``) works meanwhile, and it serves
 ``gc-socket/socket``, where a Nix process that wants a path kept while the collector runs
 sends it (and waits if that path is being deleted).  Dead paths leave the database in one
-transaction, referrers first, and then the disk.
+transaction, referrers first, and then the disk.  Last, as Nix does, the entries of
+``.links`` (see ``optimise.py``) that nothing else links to any more are removed.
+
+Bytes freed are counted by inode: a file hard-linked elsewhere frees its space only with
+the last of its links (the ``.links`` entry, which goes with it, aside).
 """
 
 import errno
@@ -32,6 +36,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InvalidStorePath,
     StoreError,
 )
+from ansible_collections.nixcache.closure.plugins.module_utils.optimise import LINKS_DIR
 from ansible_collections.nixcache.closure.plugins.module_utils.profiles import PROFILES_DIR, Profile
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore, open_gc_lock
@@ -74,7 +79,7 @@ def collect_garbage(root: str = '/', delete_old: bool = False, delete_older_than
     if delete_old or older_than is not None:
         generations = delete_generations(root, older_than, dry_run=dry_run)
     result = dict(changed=bool(generations), deleted=[], deleted_generations=generations,
-                  bytes_freed=0, mb_freed=0.0, alive=0, roots=0)
+                  bytes_freed=0, mb_freed=0.0, alive=0, roots=0, links_deleted=0)
     store = LocalStore(root=root, create=False, hold_gc_lock=False)
     if not os.path.exists(store.db_path):
         return result
@@ -85,10 +90,10 @@ def collect_garbage(root: str = '/', delete_old: bool = False, delete_older_than
                 _forget_reason(roots, link)
             plan = collector.plan(roots)
             if dry_run:
-                deleted, freed = plan.select(limit)
+                deleted, freed, links = plan.select(limit)
             else:
-                deleted, freed = collector.delete(plan, limit)
-    result.update(changed=bool(generations or deleted),
+                deleted, freed, links = collector.delete(plan, limit)
+    result.update(changed=bool(generations or deleted or links), links_deleted=links,
                   deleted=[store.store_dir.rstrip('/') + '/' + name for name in deleted],
                   bytes_freed=freed, mb_freed=round(freed / 1048576.0, 2),
                   alive=len(plan.alive), roots=len(roots.paths))
@@ -385,7 +390,7 @@ class Collector(object):
                     pass
         dead = [path.base for path in _referrers_first([p for p in graph if p not in alive], graph)]
         for name in sorted(os.listdir(self.store.real_store_dir)):
-            if name == '.links':
+            if name == LINKS_DIR:
                 continue
             try:
                 path = StorePath.from_base(name)
@@ -394,12 +399,14 @@ class Collector(object):
                 continue
             if path not in graph and path.hash_part not in roots.temp_hashes:
                 dead.append(name)
-        sizes = dict((name, disk_bytes(os.path.join(self.store.real_store_dir, name)))
+        links = _links(self.store)
+        usage = dict((name, disk_usage(os.path.join(self.store.real_store_dir, name)))
                      for name in dead)
-        return Plan(alive, dead, sizes, graph)
+        return Plan(alive, dead, usage, graph, links)
 
-    def delete(self, plan: 'Plan', max_freed: Optional[int] = None) -> Tuple[List[str], int]:
-        """Delete what ``plan`` found dead; returns ``(deleted entry names, bytes freed)``.
+    def delete(self, plan: 'Plan', max_freed: Optional[int] = None) -> Tuple[List[str], int, int]:
+        """Delete what ``plan`` found dead, then the unused ``.links`` entries; returns
+        ``(deleted entry names, bytes freed, links deleted)``.
 
         Paths sent to the socket since the plan are kept with their closure; a client that
         sends one being deleted waits until it is gone.  With ``max_freed``, stop once more
@@ -408,7 +415,8 @@ class Collector(object):
         with self._condition:
             late = set(self.late_roots)
             kept = set(p.base for p in store.closure([p for p in plan.graph if p.hash_part in late]))
-            chosen, freed = plan.select(max_freed, skip=lambda name: name in kept or name[:32] in late)
+            chosen, freed, _links_planned = plan.select(
+                max_freed, skip=lambda name: name in kept or name[:32] in late)
             self._pending.update(name[:32] for name in chosen)
         try:
             names = set(chosen)
@@ -427,30 +435,48 @@ class Collector(object):
             with self._condition:
                 self._pending.clear()
                 self._condition.notify_all()
-        return chosen, freed
+        return chosen, freed, delete_unused_links(store)
 
 
 class Plan(object):
     """``alive`` valid paths; ``dead`` entry names in deletion order (valid paths referrers
-    first, then the rest); ``sizes`` what deleting each frees; ``graph`` from the store."""
+    first, then the rest); ``usage`` the DiskUsage of each; ``graph`` from the store;
+    ``links`` inode -> (size, link count) of the ``.links`` entries."""
 
-    def __init__(self, alive: Set[StorePath], dead: List[str], sizes: Dict[str, int], graph: Dict[StorePath, Any]) -> None:
+    def __init__(self, alive: Set[StorePath], dead: List[str], usage: Dict[str, 'DiskUsage'],
+                 graph: Dict[StorePath, Any], links: Optional[Dict[int, Tuple[int, int]]] = None) -> None:
         self.alive = alive
         self.dead = dead
-        self.sizes = sizes
+        self.usage = usage
         self.graph = graph
+        self.links = links or {}
 
-    def select(self, max_freed: Optional[int] = None, skip: Optional[Callable[[str], bool]] = None) -> Tuple[List[str], int]:
-        """(names, bytes) deleted in order until more than ``max_freed`` is freed."""
-        chosen, freed = [], 0
+    def select(self, max_freed: Optional[int] = None,
+               skip: Optional[Callable[[str], bool]] = None) -> Tuple[List[str], int, int]:
+        """(names, bytes, links) deleted in order until more than ``max_freed`` is freed.
+
+        A file linked from several entries is freed with its last link; its ``.links``
+        entry then goes too.  Entries of ``.links`` nothing used before are freed as well.
+        """
+        unused = [size for size, count in self.links.values() if count == 1]
+        chosen, freed, links = [], sum(unused), len(unused)
+        remaining = {}     # inode -> its links outside .links not deleted yet
         for name in self.dead:
             if skip is not None and skip(name):
                 continue
             if max_freed is not None and freed > max_freed:
                 break
             chosen.append(name)
-            freed += self.sizes[name]
-        return chosen, freed
+            usage = self.usage[name]
+            freed += usage.single
+            for inode, (size, count, inside) in usage.shared.items():
+                if inode not in remaining:
+                    remaining[inode] = count - (1 if inode in self.links else 0)
+                remaining[inode] -= inside
+                if remaining[inode] == 0:
+                    freed += size
+                    links += 1 if inode in self.links else 0
+        return chosen, freed, links
 
     @property
     def dead_valid(self) -> List[StorePath]:
@@ -459,7 +485,7 @@ class Plan(object):
 
     @property
     def dead_bytes(self) -> int:
-        return sum(self.sizes.values())
+        return self.select()[1]
 
 
 def _referrers_first(paths, graph):
@@ -489,10 +515,18 @@ def _referrers_first(paths, graph):
     return ordered
 
 
-def disk_bytes(path: str) -> int:
-    """What deleting ``path`` frees as Nix counts it: the sizes of its files with one or
-    two links."""
-    total = 0
+class DiskUsage(object):
+    """The files under one store entry: ``single`` bytes in files linked once, and
+    ``shared`` inode -> (size, link count, links under this entry) for the others."""
+
+    def __init__(self) -> None:
+        self.single = 0
+        self.shared: Dict[int, List[int]] = {}
+
+
+def disk_usage(path: str) -> DiskUsage:
+    """What the files under ``path`` take, by inode (directories and symlinks aside)."""
+    usage = DiskUsage()
     pending = [path]
     while pending:
         current = pending.pop()
@@ -505,9 +539,52 @@ def disk_bytes(path: str) -> int:
                 pending.extend(os.path.join(current, name) for name in os.listdir(current))
             except OSError:
                 continue
-        elif info.st_nlink <= 2:
-            total += info.st_size
-    return total
+        elif info.st_nlink == 1:
+            usage.single += info.st_size
+        elif info.st_ino in usage.shared:
+            usage.shared[info.st_ino][2] += 1
+        else:
+            usage.shared[info.st_ino] = [info.st_size, info.st_nlink, 1]
+    return usage
+
+
+def _links(store):
+    """inode -> (size, link count) of each entry of the store's ``.links``."""
+    directory = os.path.join(store.real_store_dir, LINKS_DIR)
+    found = {}
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                info = entry.stat(follow_symlinks=False)
+                found[info.st_ino] = (info.st_size, info.st_nlink)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise StoreError('cannot read the links directory: %s' % error.strerror, path=directory) from error
+    return found
+
+
+def delete_unused_links(store: LocalStore) -> int:
+    """Remove the ``.links`` entries no store file links to any more (link count 1), as
+    Nix's collector does after deleting; returns how many went.  Call with ``gc.lock``
+    held exclusively: our optimiser, which holds it shared, cannot link one meanwhile."""
+    directory = os.path.join(store.real_store_dir, LINKS_DIR)
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    except OSError as error:
+        raise StoreError('cannot read the links directory: %s' % error.strerror, path=directory) from error
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_nlink != 1:
+                continue
+        except FileNotFoundError:
+            continue
+        _unlink(entry.path)
+        removed += 1
+    return removed
 
 
 def _unlink(path):

@@ -12,6 +12,7 @@ store or absent.  Decompression and unpacking stop as soon as the stream goes be
 NarSize the signed narinfo declares.
 """
 
+import collections
 import concurrent.futures
 import os
 import time
@@ -24,12 +25,14 @@ from ansible_collections.nixcache.closure.plugins.module_utils.errors import (
     InsufficientSpace,
     InvalidNar,
     NixCacheError,
+    StoreError,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     HashingReader,
     format_base32,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils import nar
+from ansible_collections.nixcache.closure.plugins.module_utils.optimise import Optimiser, Savings
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import receipt_path, write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
@@ -85,6 +88,7 @@ class Report(object):
         self.seconds = seconds
         self.receipts = []
         self.store_created = False
+        self.optimised = None             # Savings, when asked to optimise
 
     @property
     def changed(self) -> bool:
@@ -112,7 +116,7 @@ class Report(object):
         return [entry for entry in self.closure if entry['state'] in ('fetched', 'would fetch')]
 
     def as_dict(self) -> Dict[str, Any]:
-        return dict(
+        result = dict(
             changed=self.changed,
             requested=[str(path) for path in self.plan.requested],
             closure=self.closure,
@@ -125,6 +129,9 @@ class Report(object):
             seconds=round(self.seconds, 3),
             receipts=list(self.receipts),
         )
+        if self.optimised is not None:
+            result['optimised'] = self.optimised.as_dict()
+        return result
 
 
 class Realiser(object):
@@ -203,6 +210,7 @@ class Realiser(object):
         from ansible_collections.nixcache.closure.plugins.module_utils import compression
         self._open_decompressed = compression.open_decompressed
         items = dict((item.store_path, item) for item in plan.to_fetch)
+        self.store.remove_stale_copies(items)   # one listing of the store, not one a path
         waiting = dict((path, set(ref for ref in item.references if ref in items))
                        for path, item in items.items())
         dependents = {}
@@ -224,14 +232,26 @@ class Realiser(object):
                     waiting[dependent].discard(path)
                     install_if_ready(dependent)
 
-            for item in plan.to_fetch:   # references first
-                running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
+            queued = collections.deque(plan.to_fetch)   # references first
+            downloading = [0]
+
+            def start_downloads():
+                """Keep ``2 * jobs`` downloads submitted, not the whole closure: each wait
+                goes over every future submitted."""
+                while queued and not failures and downloading[0] < 2 * self.jobs:
+                    item = queued.popleft()
+                    running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
+                    downloading[0] += 1
+
+            start_downloads()
             try:
                 while running:
                     done, _pending = concurrent.futures.wait(
                         list(running), return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
                         step, path = running.pop(future)
+                        if step == 'unpack':
+                            downloading[0] -= 1
                         if future.cancelled():
                             continue
                         try:
@@ -253,6 +273,7 @@ class Realiser(object):
                             used.append(result[0])
                             downloaded[path] = result[1]
                         now_valid(path)
+                    start_downloads()
             except BaseException:
                 for future in running:
                     future.cancel()
@@ -287,7 +308,7 @@ class Realiser(object):
             with self.store.lock_path(store_path):
                 if self.store.exists(store_path) and self.present([store_path]):
                     return None
-                self.store.remove_invalid(store_path)
+                self.store.remove_invalid(store_path, stale_copies=False)   # done at the start
                 self.store.commit(temp_dir, store_path)
                 if self.register:
                     try:
@@ -384,9 +405,14 @@ class Realiser(object):
 
 
 def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True, jobs: int = 4,
-                    register: bool = True, receipts: bool = True, progress: Optional[Progress] = None, check_mode: bool = False) -> Report:
+                    register: bool = True, receipts: bool = True, progress: Optional[Progress] = None, check_mode: bool = False,
+                    optimise: bool = False) -> Report:
     """Realise ``requested`` into the store under ``root`` (made if need be; not in check
-    mode) and write their receipts; returns the Report."""
+    mode) and write their receipts; returns the Report.  With ``optimise``, the paths
+    fetched are deduplicated (``optimise.py``) once valid, before the store is let go."""
+    if optimise and not register:
+        raise StoreError('optimise needs register: only valid paths are deduplicated',
+                         expected='register: true', found='register: false')
     store = LocalStore(root=root, create=not check_mode)
     store_is_new = not os.path.exists(store.db_path)
     with store:
@@ -394,5 +420,8 @@ def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], 
                             register=register, progress=progress)
         report = realiser.realise(requested, check_mode=check_mode,
                                   receipts_root=root if receipts else None)
+        if optimise:
+            report.optimised = Savings() if check_mode else Optimiser(store).optimise_paths(
+                item.store_path for item in report.fetched)
     report.store_created = store_is_new
     return report

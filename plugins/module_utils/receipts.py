@@ -82,19 +82,46 @@ def _load(path):
 
 
 def _write_atomically(path, receipt):
+    text = json.dumps(receipt, indent=2, sort_keys=True) + '\n'
+    write_file_atomically(path, text.encode('utf-8'), prefix='.receipt-')
+
+
+def write_file_atomically(path: str, data: bytes, prefix: str = '.tmp-') -> None:
+    """Replace ``path`` by ``data`` in one rename (a reader sees the old file or the new
+    one), world-readable like the Nix database; its directory is created if need be."""
     directory = os.path.dirname(path)
     os.makedirs(directory, 0o755, exist_ok=True)   # concurrent runs may create it too
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix='.receipt-')
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
-        with os.fdopen(handle, 'w') as stream:
-            json.dump(receipt, stream, indent=2, sort_keys=True)
-            stream.write('\n')
-        os.chmod(temporary, 0o644)   # world-readable like the Nix database: nothing secret
+        with os.fdopen(handle, 'wb') as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o644)   # nothing secret in it
         os.rename(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def recorded_receipts(root: str) -> List[Dict[str, Any]]:
+    """Every receipt under ``root`` that can be read, in the order of their file names."""
+    directory = under_root(root, RECEIPTS_DIR)
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith('.json'))
+    except OSError:
+        return []
+    found = [_load(os.path.join(directory, name)) for name in names]
+    return [receipt for receipt in found if isinstance(receipt, dict)]
+
+
+def recorded_sources(receipts: Iterable[Dict[str, Any]]) -> Dict[str, str]:
+    """Path text -> the cache that served it, as the receipts recorded it."""
+    sources = {}
+    for receipt in receipts:
+        for entry in receipt.get('closure') or []:
+            if isinstance(entry, dict) and entry.get('path') and entry.get('cache'):
+                sources.setdefault(entry['path'], entry['cache'])
+    return sources
 
 
 def _iso(seconds):

@@ -46,10 +46,22 @@ MISSING_CODES = ('NoSuchKey', '404', '403', 'AccessDenied')
 # AWS error codes worth another attempt besides any 5xx answer
 TRANSIENT_CODES = ('SlowDown', 'Throttling', 'ThrottlingException', 'RequestTimeout',
                    'RequestTimeTooSkewed', 'InternalError', 'ServiceUnavailable')
+# AWS error codes that ask for fewer requests: waited out within throttle_timeout
+THROTTLE_CODES = ('SlowDown', 'Throttling', 'ThrottlingException', 'RequestLimitExceeded',
+                  'TooManyRequestsException')
 
 
 class S3TransientError(ConnectionError):
-    """A failure of S3 or of the connection to it that may pass (retried)."""
+    """A failure of S3 or of the connection to it that may pass (retried).
+
+    ``throttled``: S3 asked for fewer requests (SlowDown, HTTP 429), which is waited out
+    within throttle_timeout rather than counted against the retries; ``retry_after``: the
+    Retry-After header of that answer, if any."""
+
+    def __init__(self, message: str, throttled: bool = False, retry_after: Optional[str] = None) -> None:
+        super(S3TransientError, self).__init__(message)
+        self.throttled = throttled
+        self.retry_after = retry_after
 
 
 class S3Substituter(Substituter):
@@ -139,6 +151,10 @@ class S3Substituter(Substituter):
         status = (error.response.get('ResponseMetadata') or {}).get('HTTPStatusCode') or 0
         if code in MISSING_CODES:
             return _Missing(code)
+        if code in THROTTLE_CODES or status == 429:
+            headers = (error.response.get('ResponseMetadata') or {}).get('HTTPHeaders') or {}
+            return S3TransientError('S3 answered %s (HTTP %s) for %s' % (code, status, relative_url),
+                                    throttled=True, retry_after=headers.get('retry-after'))
         if status >= 500 or code in TRANSIENT_CODES:
             return S3TransientError('S3 answered %s (HTTP %s) for %s' % (code, status, relative_url))
         message = details.get('Message') or ''

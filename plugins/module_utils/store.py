@@ -228,16 +228,25 @@ class LocalStore(object):
         with file_errors('cannot delete', path):
             remove_tree(path)
 
-    def remove_invalid(self, store_path: StorePath) -> None:
-        """Delete what lies at an unregistered path, and temporary copies of it left by
-        runs that are gone (a crash).  Call with the path's lock held."""
+    def remove_invalid(self, store_path: StorePath, stale_copies: bool = True) -> None:
+        """Delete what lies at an unregistered path, and (with ``stale_copies``) temporary
+        copies of it left by runs that are gone (a crash).  Call with the path's lock held."""
         if os.path.lexists(self.real_path(store_path)) and not self.is_valid(store_path):
             self.discard(self.real_path(store_path))
-        suffix = '-' + store_path.base
+        if stale_copies:
+            self.remove_stale_copies([store_path])
+
+    def remove_stale_copies(self, store_paths: Iterable[StorePath]) -> None:
+        """Delete the temporary copies of ``store_paths`` left by runs that are gone, with
+        one listing of the store for all of them.  No lock is needed: only the run named
+        in a copy's name uses it, and that run is gone."""
+        bases = set(store_path.base for store_path in store_paths)
+        if not bases or not os.path.isdir(self.real_store_dir):
+            return
         with file_errors('cannot list the store', self.real_store_dir):
             names = os.listdir(self.real_store_dir)
         for name in names:
-            if name.startswith(TEMP_PREFIX) and name.endswith(suffix) and not _owner_alive(name):
+            if name.startswith(TEMP_PREFIX) and _copy_of(name) in bases and not _owner_alive(name):
                 self.discard(os.path.join(self.real_store_dir, name))
 
     def lock_path(self, store_path: StorePath) -> '_PathLock':
@@ -456,6 +465,15 @@ class _PathLock(object):
 
 
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _copy_of(temp_name):
+    """The store path base name a temporary directory is a copy of: its name is
+    TEMP_PREFIX, the owner's pid (not in older names), 12 hex digits, the base name."""
+    parts = temp_name[len(TEMP_PREFIX):].split('-', 2)
+    if len(parts) == 3 and parts[0].isdigit() and len(parts[1]) == 12:
+        return parts[2]
+    return temp_name[len(TEMP_PREFIX):].split('-', 1)[-1]
 
 
 def _owner_alive(temp_name):

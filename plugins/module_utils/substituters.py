@@ -7,12 +7,17 @@ A cache is addressed by URL as in nix.conf: ``file:///dir`` or ``http(s)://host/
 Every cache answers three questions: the ``.narinfo`` of a hash part (or None when it
 does not have the path), a stream of the (compressed) NAR at a narinfo's URL, and its
 ``nix-cache-info``.  Transient failures (refused or reset connections, time-outs, 5xx)
-are retried with exponential back-off and jitter.
+are retried with exponential back-off and jitter.  A cache that throttles (HTTP 429, a
+503 with ``Retry-After``, S3's ``SlowDown``) is asked again as often as it takes, after
+the wait its ``Retry-After`` names or else a growing back-off, within
+``throttle_timeout`` seconds a request (see Throttle).
 """
 
+import email.utils
 import errno
 import netrc
 import os
+import queue
 import random
 import socket
 import sys
@@ -49,6 +54,13 @@ NAR_MIN_RATE = 256 * 1024
 # and ends sooner if fewer than this many bytes a second arrive over ``timeout`` seconds.
 LOW_SPEED = 1024
 
+# How long one request may keep being throttled, by default,
+THROTTLE_TIMEOUT = 120
+# the longest single wait of the back-off when the cache names none (Retry-After),
+THROTTLE_MAX_BACKOFF = 15.0
+# and the shortest wait, even when it asks for none (``Retry-After: 0``).
+THROTTLE_MIN_WAIT = 0.05
+
 
 class CacheOptions(object):
     """How to talk to caches: time-outs, retries and HTTP client settings.
@@ -60,9 +72,11 @@ class CacheOptions(object):
     """
 
     def __init__(self, timeout: float = 30, retries: int = 3, validate_certs: bool = True, backoff: float = 0.5, http: Optional[Dict[str, Any]] = None,
-                 aws: Optional[Dict[str, Any]] = None) -> None:
+                 aws: Optional[Dict[str, Any]] = None, throttle_timeout: float = THROTTLE_TIMEOUT) -> None:
         self.timeout = timeout
         self.retries = retries
+        # seconds a request may keep waiting while the cache throttles it (see Throttle)
+        self.throttle_timeout = throttle_timeout
         self.validate_certs = validate_certs
         self.backoff = backoff
         # HTTP client settings: url_username, url_password, bearer_token, netrc_file,
@@ -141,6 +155,7 @@ class Substituter(object):
 
     def _with_retries(self, action, relative_url, store_path):
         attempt = 0
+        throttle = None    # a Throttle from the first throttled answer on
         while True:
             try:
                 return action()
@@ -149,6 +164,16 @@ class Substituter(object):
                 error.cache = error.cache or self.url
                 raise
             except Exception as error:  # network errors come in many types
+                if is_throttled(error):
+                    throttle = throttle or Throttle(self.options.throttle_timeout,
+                                                    self.options.backoff)
+                    wait = throttle.next_wait(error)
+                    if wait is None:
+                        self.unavailable = throttle.describe(relative_url)
+                        raise CacheUnavailable(self.unavailable, path=_path_str(store_path),
+                                               cache=self.url) from error
+                    time.sleep(wait)
+                    continue
                 if (not _is_transient(error) or attempt >= self.options.retries
                         or is_certificate_error(error)):   # retrying cannot help
                     reason = _describe(error)
@@ -385,6 +410,83 @@ class ResumingStream(object):
                 pass
 
 
+class Throttle(object):
+    """The waits of one request that a cache throttles, within ``seconds`` in all.
+
+    Each throttled answer is followed by the wait the cache asks for in ``Retry-After``
+    (seconds or an HTTP date), or else by exponential back-off with jitter (from
+    ``backoff``, at most THROTTLE_MAX_BACKOFF).  Once the next wait would end after
+    ``seconds`` from the first throttled answer, the request is given up: ``next_wait``
+    returns None and ``describe`` says why.
+    """
+
+    def __init__(self, seconds: float, backoff: float) -> None:
+        self.seconds = max(0.0, float(seconds))
+        self.backoff = backoff
+        self.start = time.monotonic()
+        self.answers = 0
+        self.last = None          # the last throttled answer, described
+        self.asked = None         # the wait it asked for (Retry-After), in seconds
+
+    def next_wait(self, error: BaseException) -> Optional[float]:
+        """Seconds to wait before the next attempt, or None when out of time."""
+        self.answers += 1
+        self.last = str(error) if getattr(error, 'throttled', False) else _describe(error)
+        self.asked = retry_after_of(error)
+        left = self.start + self.seconds - time.monotonic()
+        if self.asked is not None:
+            wait = max(self.asked, THROTTLE_MIN_WAIT)
+            return wait if wait <= left else None
+        wait = min(THROTTLE_MAX_BACKOFF, self.backoff * (2 ** (self.answers - 1)))
+        wait = max(THROTTLE_MIN_WAIT, wait * random.uniform(0.5, 1.5))
+        if left <= THROTTLE_MIN_WAIT:
+            return None
+        return min(wait, left)    # the last attempt comes at the deadline
+
+    def describe(self, relative_url: str) -> str:
+        asked = ''
+        if self.asked is not None:
+            asked = ', and asked to wait %g s more' % self.asked
+        return ('the cache throttled %s (%s) %d time(s) over %.1f s%s, beyond throttle_timeout '
+                '(%g s): realise on fewer hosts at once (forks, serial), put a CDN in front of '
+                'the cache, or raise throttle_timeout'
+                % (relative_url, self.last, self.answers, time.monotonic() - self.start, asked,
+                   self.seconds))
+
+
+def is_throttled(error: BaseException) -> bool:
+    """Whether an error is the cache saying "too many requests: ask again later": HTTP
+    429, a 503 that names a Retry-After, or an error marked ``throttled`` (S3 SlowDown)."""
+    if isinstance(error, HttpStatusError):
+        return error.code == 429 or (error.code == 503 and retry_after_of(error) is not None)
+    return bool(getattr(error, 'throttled', False))
+
+
+def retry_after_of(error: BaseException) -> Optional[float]:
+    """The seconds an error's ``Retry-After`` asks to wait (None without one)."""
+    if isinstance(error, HttpStatusError):
+        headers = error.headers
+        return parse_retry_after(headers.get('Retry-After') if headers is not None else None)
+    return parse_retry_after(getattr(error, 'retry_after', None))
+
+
+def parse_retry_after(value: Any, now: Optional[float] = None) -> Optional[float]:
+    """Seconds from a ``Retry-After`` value: a number of seconds, or an HTTP date (0 once
+    past); None when missing or not understood."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:   # an HTTP date is always in GMT
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 class Deadline(object):
     """The end of one request attempt, ``seconds`` from now.
 
@@ -431,9 +533,7 @@ class Deadline(object):
         a server that drips its headers cannot hold us.
         """
         helper = _Helper(action)
-        thread = threading.Thread(target=helper.run, name='nixcache-request')
-        thread.daemon = True
-        thread.start()
+        _HELPER_THREADS.run(helper)
         if not helper.done.wait(self.left()):
             with helper.lock:
                 if not helper.done.is_set():
@@ -468,6 +568,39 @@ class _Helper(object):
                 value.close()
             except Exception:
                 pass
+
+
+class _HelperThreads(object):
+    """The threads that run Deadline.call's actions, each kept for the next action:
+    starting a thread for every request cost more than a narinfo request itself.  A
+    thread stuck with an abandoned action is simply not there for the next one."""
+
+    IDLE_MAX = 16
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle = []          # the inboxes of idle threads
+
+    def run(self, helper):
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            thread = threading.Thread(target=self._serve, args=(inbox,), name='nixcache-request')
+            thread.daemon = True
+            thread.start()
+        inbox.put(helper)
+
+    def _serve(self, inbox):
+        while True:
+            inbox.get().run()
+            with self._lock:
+                if len(self._idle) >= self.IDLE_MAX:
+                    return
+                self._idle.append(inbox)
+
+
+_HELPER_THREADS = _HelperThreads()
 
 
 class DeadlineReader(object):

@@ -6,7 +6,7 @@
 DOCUMENTATION = r'''
 module: cache_needs
 short_description: Tell what a host lacks to realise store paths from its caches
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Reads the C(.narinfo) files of the paths still to fetch (as M(nixcache.closure.realise)
     plans them in check mode) and returns what this host lacks to fetch them, and nothing

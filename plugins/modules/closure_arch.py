@@ -6,7 +6,7 @@
 DOCUMENTATION = r'''
 module: closure_arch
 short_description: Refuse a closure built for another architecture than the host's
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Reads the ELF headers of the realised closure of O(paths) (the first program or library
     of each store path) and fails, naming both architectures and the file, when any of them

@@ -25,6 +25,9 @@ description:
     (C(gc.lock)) exclusively, as Nix does, so it waits for a running M(nixcache.closure.realise)
     or M(nixcache.closure.profile) task, which hold it shared, and a real Nix process that
     wants a path kept while the collection runs is heard on C(gc-socket/socket).
+  - Last, as Nix does, removes the entries of C(ROOT/nix/store/.links) that no store file
+    links to any more (left by M(nixcache.closure.optimise), the O(nixcache.closure.realise#module:optimise)
+    option or C(nix-store --optimise)).
 author:
   - nixcache.closure maintainers (@nixcache)
 requirements:
@@ -107,13 +110,21 @@ deleted_generations:
   elements: str
   sample: [/nix/var/nix/profiles/per-user/postgres/profile-1-link]
 bytes_freed:
-  description: Bytes freed (in check mode, that would be), counted as Nix counts them.
+  description:
+    - Bytes freed (in check mode, that would be). A file hard-linked from several paths
+      (an optimised store) counts once, when the last path linking it goes.
+    - Nix counts differently there (any file with one or two links, whether its space is
+      freed or not), so its figure for an optimised store may differ.
   returned: always
   type: int
 mb_freed:
   description: RV(bytes_freed) in MiB.
   returned: always
   type: float
+links_deleted:
+  description: Entries of C(ROOT/nix/store/.links) deleted as unused (in check mode, that would be).
+  returned: always
+  type: int
 alive:
   description: How many valid paths are kept.
   returned: always

@@ -56,7 +56,11 @@ options:
     description:
       - Alternate root directory. The store goes to C(ROOT/nix/store) and the database to
         C(ROOT/nix/var/nix/db), as with C(nix --store ROOT). Use it to fill a mounted volume
-        (for example an AMI's root being built with chroot).
+        (for example an AMI's root being built) from the machine it is mounted on, over SSH
+        or the local connection.
+      - Leave it unset under the chroot connection (C(community.general.chroot),
+        C(-i '/mnt,')). There the module already runs inside the new root, and
+        O(root=/mnt) would write C(/mnt/mnt/nix).
     type: path
     default: /
   jobs:
@@ -69,6 +73,58 @@ options:
         placed in the store, and a path counts as present when it exists there.
     type: bool
     default: true
+  optimise:
+    description:
+      - Hard-link the files of the paths this run fetches to identical files already in
+        the store, right after they become valid, as Nix's C(auto-optimise-store) does.
+        Each file is named in C(ROOT/nix/store/.links) by the hash of its NAR
+        serialisation, so real Nix and M(nixcache.closure.gc) understand the links.
+      - Paths that were valid before are not touched; M(nixcache.closure.optimise)
+        deduplicates a whole store. Needs O(register).
+    type: bool
+    default: false
+    version_added: 0.2.0
+  fetch_on:
+    description:
+      - Where the NARs are fetched from the caches.
+      - V(host) (the default) has the host read the caches itself.
+      - V(controller) has the collection's action plugin read the narinfos and NARs on the
+        controller, once per run for all hosts, into O(controller_cache_dir), and send the
+        NARs a host lacks over that host's own Ansible connection (one tar for the small
+        ones). For hosts that cannot reach the cache (private subnets, a cache on the
+        operator's machine). The host checks every signature against its trusted keys and
+        every NAR against its signed NarHash again, exactly as for a cache; the controller
+        is trusted no more than a cache.
+      - The caches and the cache options are those of the task, read on the controller
+        (with the controller's C(nix.conf) where O(use_nix_conf) fills them in); the
+        trusted keys are checked on both sides.
+      - Not with C(async).
+    type: str
+    choices: [host, controller]
+    default: host
+    version_added: 0.2.0
+  controller_cache_dir:
+    description:
+      - With O(fetch_on=controller), the directory on the controller that keeps verified
+        narinfos and NARs (NARs by NarHash) for all hosts and later runs.
+      - Defaults to C(~/.cache/nixcache/controller) (C($XDG_CACHE_HOME/nixcache/controller)).
+    type: path
+    version_added: 0.2.0
+  controller_cache_max_mb:
+    description:
+      - With O(fetch_on=controller), the most MiB of NARs O(controller_cache_dir) keeps. The
+        least recently used NARs go first, never those used in the last hour; a closure
+        that cannot fit fails the task before anything is downloaded.
+    type: int
+    default: 10240
+    version_added: 0.2.0
+  pushed:
+    description:
+      - Set by the action plugin in push mode (O(fetch_on=controller)) to the narinfos the
+        controller read and the directory on the host it sent the NARs to. Do not set it
+        by hand.
+    type: dict
+    version_added: 0.2.0
   progress_file:
     description:
       - A file the module rewrites with its progress while it fetches (paths and bytes done
@@ -78,6 +134,7 @@ options:
         while a realisation takes longer than that (with C(-v), a line per fetched path).
         There is no need to set it by hand.
     type: path
+    version_added: 0.2.0
 attributes:
   action:
     description: An action plugin prints progress on the controller while the module runs.
@@ -123,6 +180,13 @@ EXAMPLES = r'''
   check_mode: true
   register: plan
 
+- name: Fetch on the controller and send to a host that cannot reach the cache
+  nixcache.closure.realise:
+    paths: "{{ postgres_store_path }}"
+    substituters: "{{ nix_caches }}"
+    trusted_public_keys: "{{ nix_trusted_keys }}"
+    fetch_on: controller
+
 - name: Fill the store of a volume mounted at /mnt (an image being built)
   nixcache.closure.realise:
     paths: "{{ postgres_store_path }}"
@@ -130,6 +194,18 @@ EXAMPLES = r'''
     substituters: "{{ nix_caches }}"
     trusted_public_keys: "{{ nix_trusted_keys }}"
     jobs: 8
+
+- name: Realise, hard-linking files identical to ones already in the store
+  nixcache.closure.realise:
+    paths: "{{ postgres_store_path }}"
+    substituters: "{{ nix_caches }}"
+    trusted_public_keys: "{{ nix_trusted_keys }}"
+    optimise: true
+  register: realised
+
+- name: Show what deduplication saved
+  ansible.builtin.debug:
+    msg: "{{ realised.optimised.mb_saved }} MiB saved by linking {{ realised.optimised.files_linked }} files"
 '''
 
 RETURN = r'''
@@ -200,10 +276,60 @@ receipts:
   type: list
   elements: str
   sample: [/nix/var/nixcache/receipts/0c4v0gqhb1gs2xp0fqgy6bbg6pdvvb2h-postgresql-and-plugins-15.8.json]
+optimised:
+  description:
+    - What O(optimise) saved on the paths fetched. In check mode nothing is fetched,
+      so every figure is 0.
+  returned: when O(optimise) is true
+  type: dict
+  contains:
+    files_linked:
+      description: Files replaced by a hard link to an identical file.
+      type: int
+      sample: 412
+    bytes_saved:
+      description: Their sizes in bytes, as C(nix-store --optimise) counts what it frees.
+      type: int
+      sample: 35123456
+    mb_saved:
+      description: RV(optimised.bytes_saved) in MiB.
+      type: float
+      sample: 33.5
+    links_created:
+      description: New entries in C(ROOT/nix/store/.links).
+      type: int
+    kept_at_link_limit:
+      description: Files kept as copies because the file system's link limit was reached.
+      type: int
+    skipped_writable:
+      description: Files left alone because their owner may write them.
+      type: int
+    paths:
+      description: Store paths deduplicated.
+      type: int
+  version_added: 0.2.0
 seconds:
   description: Wall-clock time the module spent.
   returned: always
   type: float
+push:
+  description: In push mode (O(fetch_on=controller)), what the controller did for this host.
+  returned: when O(fetch_on=controller)
+  type: dict
+  contains:
+    controller_cache:
+      description: The controller cache directory.
+      type: str
+    cache_bytes_read:
+      description: Bytes this host's worker read from the caches (NARs other hosts of the run fetched first are not counted again).
+      type: int
+    sent_bytes:
+      description: Bytes sent to the host over its connection.
+      type: int
+    sent_files:
+      description: NARs sent to the host.
+      type: int
+  version_added: 0.2.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -215,6 +341,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     parse_store_paths,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
+from ansible_collections.nixcache.closure.plugins.module_utils.pushed import pushed_from_options
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import MIB, realise_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import url_secrets
@@ -229,6 +356,11 @@ def main():
             register=dict(type='bool', default=True),
             receipt=dict(type='bool', default=True),
             progress_file=dict(type='path'),
+            optimise=dict(type='bool', default=False),
+            fetch_on=dict(type='str', choices=['host', 'controller'], default='host'),
+            controller_cache_dir=dict(type='path'),
+            controller_cache_max_mb=dict(type='int', default=10240),
+            pushed=dict(type='dict'),
         ),
         supports_check_mode=True,
     )
@@ -239,7 +371,14 @@ def main():
     try:
         with module_errors(module):
             requested = parse_store_paths(params['paths'])
-            if requested:
+            check_mode = module.check_mode
+            if params['pushed'] is not None:   # push mode: what the controller sent
+                caches, trusted_keys, plan_only = pushed_from_options(params, root=params['root'])
+                check_mode = check_mode or plan_only
+            elif params['fetch_on'] == 'controller':
+                module.fail_json(msg='fetch_on: controller is done by the collection\'s action '
+                                     'plugin, which does not run it asynchronously (async)')
+            elif requested:
                 caches, trusted_keys = caches_from_options(params, root=params['root'])
             else:  # only prepare the store
                 caches, trusted_keys = [], TrustedKeys()
@@ -248,10 +387,12 @@ def main():
                 params['root'], requested, caches, trusted_keys,
                 require_sigs=params['require_sigs'], jobs=params['jobs'],
                 register=params['register'], receipts=params['receipt'], progress=progress,
-                check_mode=module.check_mode)
+                check_mode=check_mode, optimise=params['optimise'])
     finally:
         progress.remove()
     result = report.as_dict()
+    for warning in report.optimised.warnings if report.optimised is not None else ():
+        module.warn(warning)
     result['diff'] = fetch_diff(report.added())
     module.exit_json(**result)
 

@@ -1,5 +1,4 @@
 """The controller-side lookups, run by ansible-playbook against a loopback HTTP cache."""
-import os
 
 import pytest
 
@@ -76,23 +75,10 @@ ENVIRONMENT = '''
 '''
 
 
-def controller_playbook(name):
-    """The ansible-playbook of a controller: None for the default one."""
-    if name == 'default':
-        return None
-    found = interpreters.controller(name)
-    if found is None:
-        message = 'no %s controller: run `make controllers`' % name
-        if os.environ.get('NIXTEST_STRICT'):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return found[0]
-
-
 @pytest.mark.parametrize('controller', ('default',) + interpreters.CONTROLLERS)
 @pytest.mark.parametrize('source', ['play variables', 'environment'])
 def test_lookup_takes_cache_options_from_variables_or_environment(source, controller, caches, small_closure):
-    ansible_playbook = controller_playbook(controller)
+    ansible_playbook = interpreters.controller_playbook(controller)
     url, key = caches['xz'].url, caches['xz'].public_key
     if source == 'play variables':
         result = run_playbook(PLAY_VARIABLES, extra_vars=dict(url=url, key=key, top=small_closure.top),

@@ -22,24 +22,20 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 
 import pytest
 
 from nixtest import REPO, fixtures
 from nixtest.ansible import ansible_bin
 from nixtest.http import CacheServer
-from nixtest.daemon import free_port
+from nixtest.packer import PACKER, REGION, Moto, run_packer, show, var_args
+from nixtest.sbom import assert_image_sbom
 from nixtest.target import TargetHost
 
 pytestmark = pytest.mark.slow
 
-PACKER = shutil.which('packer') or '/usr/bin/packer'
 TEMPLATE = os.path.join(REPO, 'packer', 'postgres-ami.pkr.hcl')
-REGION = 'us-east-1'
 COPY_REGION = 'us-west-2'
 KEY_NAME = 'nixcache-packer-test'
 BUCKET = 'nixcache-packer'
@@ -58,50 +54,6 @@ VALIDATE_VARS = {
 def _require_packer():
     if not os.path.exists(PACKER):
         pytest.fail('packer is missing: run `make deps`', pytrace=False)
-
-
-def var_args(variables):
-    """``-var name=value`` arguments; lists, maps and numbers written as JSON literals."""
-    args = []
-    for name, value in variables.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        args += ['-var', '%s=%s' % (name, text)]
-    return args
-
-
-def packer_env(workdir, extra=None):
-    """An environment for Packer with nothing of the machine's AWS, Ansible or Packer
-    settings: dummy credentials, a private HOME and Packer directories, the virtualenv's
-    ansible-playbook first on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('ANSIBLE_', 'AWS_', 'PACKER_', 'PKR_VAR_'))}
-    home = os.path.join(workdir, 'home')
-    for sub in ('home', 'packer-config', 'packer-cache', 'tmp'):
-        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
-    env.update({
-        'HOME': home,
-        'TMPDIR': os.path.join(workdir, 'tmp'),
-        'PACKER_CONFIG_DIR': os.path.join(workdir, 'packer-config'),
-        'PACKER_CACHE_DIR': os.path.join(workdir, 'packer-cache'),
-        'CHECKPOINT_DISABLE': '1',
-        'AWS_ACCESS_KEY_ID': 'testing',
-        'AWS_SECRET_ACCESS_KEY': 'testing',
-        'AWS_DEFAULT_REGION': REGION,
-        'PATH': os.path.dirname(ansible_bin()) + os.pathsep + os.environ.get('PATH', ''),
-    })
-    env.update(extra or {})
-    return env
-
-
-def run_packer(args, workdir, timeout=1200):
-    return subprocess.run([PACKER] + args, cwd=workdir, env=packer_env(workdir),
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def show(proc):
-    return 'rc=%s\n--- stdout ---\n%s\n--- stderr ---\n%s' % (
-        proc.returncode, proc.stdout[-30000:], proc.stderr[-10000:])
 
 
 def tags_of(resource):
@@ -149,7 +101,6 @@ def aws_env(monkeypatch):
     monkeypatch.setenv('AWS_DEFAULT_REGION', REGION)
 
 
-DEBIAN = '136693071363'
 # The base images moto serves, as the publishers name them: the newest of each architecture
 # is the one to start from.  The decoy is newer and named for arm64, but is an x86_64 image:
 # only the architecture filter keeps the arm64 build off it.
@@ -165,69 +116,12 @@ SOURCES = {'x86_64': 'ami-0de0000000000a0d1', 'arm64': 'ami-0de0000000000a641'}
 INSTANCE_TYPES = {'x86_64': 't3.micro', 'arm64': 'c7g.large'}
 
 
-class Moto:
-    """moto's server on 127.0.0.1 in a process of its own, serving EC2 and S3, with the
-    Debian base images of BASE_IMAGES (MOTO_AMIS_PATH is read when moto is imported, so it
-    cannot be given to a server in this process)."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.process = None
-        self.endpoint = None
-
-    def start(self):
-        amis = os.path.join(self.directory, 'amis.json')
-        with open(amis, 'w') as f:
-            json.dump([{
-                'ami_id': ami, 'name': name, 'description': name, 'owner_id': DEBIAN,
-                'public': True, 'virtualization_type': 'hvm', 'architecture': arch,
-                'state': 'available', 'platform': None, 'image_type': 'machine',
-                'hypervisor': 'xen', 'root_device_name': '/dev/xvda',
-                'root_device_type': 'ebs', 'sriov': 'simple', 'creation_date': created,
-            } for ami, name, arch, created in BASE_IMAGES], f)
-        env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
-        env['MOTO_AMIS_PATH'] = amis
-        server = os.path.join(os.path.dirname(sys.executable), 'moto_server')
-        for _attempt in range(5):
-            port = free_port()
-            log = open(os.path.join(self.directory, 'moto.log'), 'ab')
-            self.process = subprocess.Popen([server, '-H', '127.0.0.1', '-p', str(port)],
-                                            stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, env=env)
-            log.close()
-            self.endpoint = 'http://127.0.0.1:%d' % port
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    socket.create_connection(('127.0.0.1', port), timeout=1).close()
-                    return self
-                except OSError:
-                    time.sleep(0.1)
-            self.stop()
-        raise RuntimeError('moto_server did not start: see %s/moto.log' % self.directory)
-
-    def stop(self):
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def client(self, service, region=REGION):
-        import boto3
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=region,
-                            aws_access_key_id='testing', aws_secret_access_key='testing')
-
-
 @pytest.fixture(scope='module')
 def moto(tmp_path_factory):
     """moto's server on 127.0.0.1 (a free port), serving EC2 and S3."""
     pytest.importorskip('boto3')
     pytest.importorskip('moto.server')
-    server = Moto(str(tmp_path_factory.mktemp('moto'))).start()
+    server = Moto(str(tmp_path_factory.mktemp('moto')), BASE_IMAGES).start()
     try:
         yield server
     finally:
@@ -347,6 +241,9 @@ def packer_build(tmp_path, variables, only=None):
         args.append('-only=amazon-ebs.' + only)
     proc = run_packer(args + var_args(variables) + [TEMPLATE], workdir)
     return proc, variables['manifest_path']
+
+
+SBOM_TIMESTAMP = '2026-01-31T00:00:00Z'
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -469,7 +366,7 @@ def test_packer_build_two_architectures(aws_env, tmp_path, build_vars, moto, pac
     by_arch = {'x86_64': pg_closure, 'arm64': pg_closure_b}
     proc, manifest_path = packer_build(tmp_path, dict(
         build_vars, ami_name_prefix='nixtest-postgres', pins=pins,
-        ami_regions=[COPY_REGION], tags={'team': 'databases'},
+        ami_regions=[COPY_REGION], tags={'team': 'databases'}, sbom_timestamp=SBOM_TIMESTAMP,
         substituters=[s3_cache], trusted_public_keys=[caches['zstd'].public_key]))
     assert proc.returncode == 0, show(proc)
 
@@ -519,6 +416,7 @@ def test_packer_build_two_architectures(aws_env, tmp_path, build_vars, moto, pac
             receipt = json.load(f)
         assert closure.top in json.dumps(receipt), receipt
         assert BUCKET in json.dumps(receipt), receipt
+        assert_image_sbom(build['custom_data']['sbom'], closure, SBOM_TIMESTAMP)
 
         # and the "instance" has PostgreSQL from the cache, and what the cache needed
         target = packer_targets[arch]

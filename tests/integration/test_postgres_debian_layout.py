@@ -457,7 +457,7 @@ def test_a_new_build_of_the_major_restarts_the_cluster_and_keeps_it_and_so_does_
     assert postmaster(target)[0] == pid
 
     upgrade = apply_role(target, pg_server, pg_closure_b.top, postgres_major_version='15')
-    assert 'Restart the main cluster on the new build' in upgrade.changed_tasks()
+    assert 'Restart the main cluster (debian layout)' in upgrade.changed_tasks()
     assert 'Create the main cluster (pg_createcluster, as the package\'s installation does)' \
         not in upgrade.changed_tasks()
     new_pid, exe = postmaster(target)
@@ -466,7 +466,7 @@ def test_a_new_build_of_the_major_restarts_the_cluster_and_keeps_it_and_so_does_
     assert psql(target, 'show work_mem') == '8MB'  # the playbook's setting survives
 
     rollback = apply_role(target, pg_server, pg_closure.top)
-    assert 'Restart the main cluster on the new build' in rollback.changed_tasks()
+    assert 'Restart the main cluster (debian layout)' in rollback.changed_tasks()
     rolled_pid, exe = postmaster(target)
     assert rolled_pid != new_pid and exe.startswith(pg_closure.top + '/'), exe
     assert psql(target, 'select n from kept', db='shop') == '42'

@@ -22,6 +22,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.pins import nix_s
 from nixtest import REPO, fixtures
 from nixtest.ansible import run_playbook
 from nixtest.http import CacheServer
+from nixtest.sbom import cyclonedx_errors, spdx_errors
 
 pytestmark = pytest.mark.slow
 
@@ -111,10 +112,10 @@ def servers(caches, pg_extra):
                    trusted_public_keys=[keys.trusted.public], nix_store_path=nix_closure.top)
 
 
-def apply_roles(target, servers, postgres_path, packages, check=False, diff=False):
+def apply_roles(target, servers, postgres_path, packages, check=False, diff=False, **options):
     result = run_playbook(PLAYBOOK, target.inventory(), check=check, diff=diff,
                           extra_vars=dict(servers, postgres_store_path=postgres_path,
-                                          postgres_packages=packages))
+                                          postgres_packages=packages, **options))
     result.assert_ok()
     return result
 
@@ -144,6 +145,16 @@ def link_target(target, path):
 
 def changed(result):
     return {event['task']: event['result'] for event in result.events if event['changed']}
+
+
+def assert_image_sbom(target, paths):
+    """The roles left the image's SBOM beside the receipts: valid, covering ``paths``."""
+    directory = target.path('/nix/var/nixcache/sbom')
+    with open(os.path.join(directory, 'image.cdx.json')) as f:
+        text = f.read()
+    assert cyclonedx_errors(text, '1.6') == []
+    assert spdx_errors(os.path.join(directory, 'image.spdx.json')) == []
+    assert paths <= set(component['bom-ref'] for component in json.loads(text)['components'])
 
 
 def test_dry_run_on_a_fresh_host_reports_the_plan_and_changes_nothing(
@@ -183,6 +194,8 @@ def test_dry_run_on_a_fresh_host_reports_the_plan_and_changes_nothing(
 
 def test_roles_then_contract_tasks(target_host, servers, pg_closure, pg_closure_b, pg_extra):
     target = target_host
+    # every run deduplicates the store as it fills it (the Packer template's default)
+    servers = dict(servers, optimise=True)
     first = apply_roles(target, servers, pg_closure.top, [pg_extra.top])
     assert first.changed_tasks()
 
@@ -225,6 +238,7 @@ def test_roles_then_contract_tasks(target_host, servers, pg_closure, pg_closure_
     run_playbook(EDITS, target.inventory()).assert_ok()
     again = apply_roles(target, servers, pg_closure.top, [pg_extra.top])
     assert again.changed_tasks() == []
+    assert_image_sbom(target, set(pg_closure.paths) | {pg_extra.top, servers['nix_store_path']})
     edits_again = run_playbook(EDITS, target.inventory())
     edits_again.assert_ok()
     assert edits_again.changed_tasks() == []
@@ -246,8 +260,12 @@ def test_roles_then_contract_tasks(target_host, servers, pg_closure, pg_closure_
     assert switch['changed'] and switch['pending'] == [pg_closure_b.top]
     assert '+to realise %s' % pg_closure_b.top in planned.stdout
 
-    # switch to another build, then back: one variable each, and the links follow
-    apply_roles(target, servers, pg_closure_b.top, [pg_extra.top])
+    # switch to another build, then back: one variable each, and the links follow; the new
+    # build's files identical to the first's become links to one copy
+    switched = apply_roles(target, servers, pg_closure_b.top, [pg_extra.top])
+    optimised = switched.registered('postgres_realised')['optimised']
+    assert optimised['files_linked'] > 100 and optimised['bytes_saved'] > 0, optimised
+    assert 'auto-optimise-store = true' in open(target.path('/etc/nix/nix.conf')).read()
     assert link_target(target, '/usr/lib/postgresql/bin/psql').startswith(pg_closure_b.top + '/')
     apply_roles(target, servers, pg_closure.top, [pg_extra.top])
     assert link_target(target, '/usr/lib/postgresql/bin/psql').startswith(pg_closure.top + '/')

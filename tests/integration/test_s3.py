@@ -7,6 +7,7 @@ files, no AWS_* variables and no instance-metadata look-ups.
 """
 import os
 import socket
+import time
 
 import pytest
 
@@ -200,3 +201,48 @@ def test_public_bucket_over_plain_http_without_credentials(s3_server, aws_env, s
     assert substituter.narinfo(StorePath.parse('/nix/store/' + '0' * 32 + '-absent')) is None
     realise(substituter, alt_root, [nix_keys.trusted.public], [small_closure.top])
     assert_realised(alt_root, small_closure)
+
+
+# -- throttling: S3's 503 SlowDown, from a proxy in front of moto -------------------------
+
+@pytest.fixture
+def throttling_s3(s3_server, aws_env, monkeypatch):
+    """A ThrottlingS3Proxy in front of the moto server; the URL of the bucket through it."""
+    from nixtest.s3throttle import ThrottlingS3Proxy
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'testing')
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'testing')
+    with ThrottlingS3Proxy(s3_server) as proxy:
+        proxy.url = 's3://%s?region=us-east-1&endpoint=%s&scheme=http' % (BUCKET, proxy.endpoint)
+        yield proxy
+
+
+def throttle_options(throttle_timeout):
+    # retries=0: the SlowDown answers must not count against the retries
+    return CacheOptions(timeout=5, retries=0, backoff=0.05, throttle_timeout=throttle_timeout)
+
+
+def test_slow_down_is_retried_with_backoff_within_the_deadline(
+        throttling_s3, small_closure, nix_keys, alt_root):
+    throttling_s3.throttle('/%s/*.narinfo' % BUCKET, times=6)
+    throttling_s3.throttle('/%s/nar/*' % BUCKET, times=2, retry_after=1)
+    substituter = S3Substituter(throttling_s3.url, throttle_options(30))
+    realise(substituter, alt_root, [nix_keys.trusted.public], [small_closure.top])
+    assert_realised(alt_root, small_closure)
+    assert len(throttling_s3.throttled) == 8
+    # each throttled key was asked again and served
+    served = set(path for _method, path, status in throttling_s3.forwarded if status in (200, 206))
+    assert set(path for _method, path in throttling_s3.throttled) <= served
+
+
+def test_slow_down_beyond_the_deadline_fails_naming_it(throttling_s3, small_closure, alt_root):
+    throttling_s3.throttle('*', times=200)
+    substituter = S3Substituter(throttling_s3.url, throttle_options(2))
+    started = time.monotonic()
+    with pytest.raises(errors.CacheUnavailable) as raised:
+        substituter.narinfo(StorePath.parse(small_closure.top))
+    assert time.monotonic() - started < 2 + 3
+    message = str(raised.value)
+    assert 'SlowDown' in message and 'throttle_timeout (2 s)' in message
+    assert BUCKET in message
+    assert 1 < len(throttling_s3.throttled) < 200   # backed off, not hammered
+    assert substituter.unavailable

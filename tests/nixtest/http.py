@@ -11,7 +11,9 @@ GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n`` -> 206, o
 HTTP/1.1 keep-alive, and a request log.  Faults are chosen per request by a glob
 pattern on the URL path (the first matching fault wins) and can:
 
-* answer with another ``status`` (e.g. 404, 403, 500, 503) and an empty body,
+* answer with another ``status`` (e.g. 404, 403, 429, 500, 503) and an empty body, with
+  extra ``headers`` (e.g. ``{'Retry-After': '2'}``; a callable value is called for each
+  answer, e.g. to send an HTTP date a few seconds ahead),
 * ``delay`` the answer by some seconds,
 * send the right headers but only ``truncate_after`` bytes of the body, then close,
 * ``reset`` the connection (TCP RST) without answering,
@@ -58,8 +60,9 @@ class Fault:
 
     def __init__(self, pattern, status=None, delay=0.0, truncate_after=None, reset=False,
                  corrupt=None, times=None, methods=('GET', 'HEAD'), drip=None, hold=None,
-                 redirect=None, close=False):
+                 redirect=None, close=False, headers=None):
         self.pattern = pattern
+        self.headers = dict(headers or {})
         self.redirect = redirect
         self.close = close
         self.drip = drip
@@ -96,6 +99,7 @@ class Request:
         self.path = path
         self.headers = headers
         self.range = headers.get('Range')
+        self.time = time.monotonic()    # when it came
         self.status = None          # None when the connection was reset
         self.bytes_sent = 0
         self.truncated = False
@@ -144,7 +148,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         if fault is not None and fault.status is not None:
-            self._send_empty(entry, fault.status)
+            self._send_empty(entry, fault.status,
+                             dict((name, value() if callable(value) else value)
+                                  for name, value in fault.headers.items()))
             return
         if fault is not None and fault.redirect:
             self._send_empty(entry, 302, {'Location': fault.redirect.replace('{path}', path)})

@@ -87,3 +87,18 @@ def controller(name):
                        'print(r.__version__, "%d.%d.%d" % sys.version_info[:3])'],
         capture_output=True, text=True, check=True, timeout=60).stdout.split()
     return playbook, version[0], version[1]
+
+
+def controller_playbook(name):
+    """The ``ansible-playbook`` of controller ``name`` (None for ``default``, the test
+    virtualenv's); a controller not built fails the test under NIXTEST_STRICT, else skips it."""
+    if name == 'default':
+        return None
+    found = controller(name)
+    if found is None:
+        import pytest
+        message = 'no %s controller: run `make controllers`' % name
+        if os.environ.get('NIXTEST_STRICT'):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return found[0]

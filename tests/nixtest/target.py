@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 
-from . import BUILD_DIR
+from . import BUILD_DIR, REPO
 from .fixtures import _Lock
 from .daemon import LoopbackDaemon
 from .sshd import _keygen
@@ -164,6 +164,7 @@ class TargetHost(LoopbackDaemon):
         self.sshd_pid = None
         self.start_seconds = None
         self._state = None
+        self._memory_log = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -173,7 +174,20 @@ class TargetHost(LoopbackDaemon):
         self.start_seconds = time.monotonic() - started
         return self
 
+    def prepare(self):
+        """Unpack the root and make the keys: the slow part of ``start()``, which then only
+        starts sshd.  Safe in a helper thread (to prepare many hosts at once); ``start()``
+        is not: sshd dies with the thread that started it (PR_SET_PDEATHSIG)."""
+        try:
+            self._prepare()
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
     def _prepare(self):
+        if self._state is not None:    # prepared already
+            return
         tarball = base_tarball()
         if os.path.exists(self.root) and os.listdir(self.root):
             raise TargetError('%s exists and is not empty' % self.root)
@@ -273,6 +287,33 @@ class TargetHost(LoopbackDaemon):
         return (['ssh', '-p', str(self.port), '-i', self.key_file]
                 + shlex.split(SSH_COMMON_ARGS)
                 + ['%s@%s' % (self.user, self.host), '--', command])
+
+    def record_module_memory(self, log='/var/tmp/module-rss.log'):
+        """Install benchmarks/maxrss.py on the target as an interpreter that runs
+        /usr/bin/python3 and appends each run's peak RSS (KiB) and seconds to ``log``;
+        returns its target path, for ``ansible_python_interpreter``.  ``module_memory()``
+        reads the figures back."""
+        with open(os.path.join(REPO, 'benchmarks', 'maxrss.py')) as f:
+            text = f.read()
+        text = text.replace('PYTHON = None', "PYTHON = '/usr/bin/python3'", 1)
+        text = text.replace('LOG = None', 'LOG = %r' % log, 1)
+        interpreter = '/usr/local/bin/python3-maxrss'
+        with open(self.path(interpreter), 'w') as f:
+            f.write('#!/usr/bin/python3 -IS\n' + text)
+        os.chmod(self.path(interpreter), 0o755)
+        if os.path.exists(self.path(log)):
+            os.unlink(self.path(log))
+        self._memory_log = log
+        return interpreter
+
+    def module_memory(self):
+        """[(peak RSS in MiB, seconds)] of every Python run since record_module_memory()."""
+        try:
+            with open(self.path(self._memory_log)) as f:
+                return [(int(kib) / 1024.0, float(seconds))
+                        for kib, seconds in (line.split() for line in f)]
+        except FileNotFoundError:
+            return []
 
     def run(self, command, check=False, timeout=300, input=None):
         """Run shell ``command`` on the target over SSH; a CompletedProcess (text)."""
