@@ -189,7 +189,7 @@ def by_role(old_bin, new_bin, data, work, method):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--scale', type=int, default=20, help='pgbench scale (default 20)')
     parser.add_argument('--runs', type=int, default=3, help='repetitions (default 3)')
     parser.add_argument('--new', choices=['16', '17'], default='17', help='the new major')

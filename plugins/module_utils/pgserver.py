@@ -33,6 +33,7 @@ def read_pid_file(data_directory: str) -> Optional[Dict[str, Any]]:
             lines = handle.read(4096).split('\n')
     except (IOError, OSError):
         return None
+
     def field(number):
         return lines[number].strip() if len(lines) > number else ''
     try:

@@ -340,7 +340,7 @@ class Upgrade(object):
     def start_server(self, bindir: str, data_dir: str, options: List[str], port: Optional[int] = None) -> None:
         if running_server(data_dir):
             return
-        options = [o for o in options]
+        options = list(options)
         if port is not None:
             options += ['-p', str(port)]
         argv = [os.path.join(bindir, 'pg_ctl'), '-D', data_dir, '-w', '-t', '300',
@@ -484,8 +484,8 @@ class Upgrade(object):
         if check_mode:
             self.say('would upgrade %s from PostgreSQL %s to %s with pg_upgrade --%s (the old '
                      'cluster kept at %s)' % (self.data_dir, facts['old']['version'],
-                                             facts['new']['version'], self.method,
-                                             plan['kept_data_dir']))
+                                              facts['new']['version'], self.method,
+                                              plan['kept_data_dir']))
             return True
         for stale in (plan['new_data_dir'], plan['kept_data_dir']):
             if os.path.exists(stale):

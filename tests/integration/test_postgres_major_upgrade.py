@@ -281,8 +281,6 @@ def test_rollback_with_the_old_pin_brings_15_back_and_says_writes_are_lost(
     sh(host, 'rm -rf /data/pgdata.rolled-back-17')
 
 
-
-
 KILLER = r"""
 # on the target: wait for the pg_upgrade that moves the data (not the --check), then kill -9
 # it (and with KILL_PARENT its caller, the module: the play dies too); print what it was doing

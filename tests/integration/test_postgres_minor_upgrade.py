@@ -285,7 +285,7 @@ def test_a_rolling_upgrade_stops_at_the_first_bad_host(new_target, servers, pg_c
         fill(host)
     second_pid = assert_serves(hosts[1], pg_closure)
     inventory = '[fleet]\n' + ''.join(host.target.inventory('host%d' % n) for n, host in
-                                       zip((1, 2), hosts))
+                                      zip((1, 2), hosts))
 
     def roll(pin):
         # include_role takes the role's own option names, not the playbook's
