@@ -43,7 +43,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.receipts import (
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import STORE_DIR, StorePath
 
 TOOL_NAME = 'nixcache.closure'
-TOOL_VERSION = '0.1.0'   # the collection's version (galaxy.yml)
+TOOL_VERSION = '0.2.0'   # the collection's version (galaxy.yml; tests/release checks they agree)
 FORMATS = ('cyclonedx', 'spdx')
 CYCLONEDX_VERSIONS = ('1.5', '1.6')
 READ_LIMIT = 256 * 1024 * 1024   # an existing file larger than this is replaced unread

@@ -122,3 +122,12 @@ def test_release_rerun_takes_later_fragments_and_plugins(tmp_path):
     assert releases['0.2.0']['release_date'] == before['0.2.0']['release_date']
     assert '99-later.yml' in releases['0.2.0']['fragments']
     assert releases['0.1.0'] == before['0.1.0']
+
+
+def test_the_sboms_name_the_collection_version():
+    """The tool version our SBOMs record is the collection's (galaxy.yml)."""
+    with open(os.path.join(REPO, 'galaxy.yml'), encoding='utf-8') as stream:
+        version = str(yaml.safe_load(stream)['version'])
+    with open(os.path.join(REPO, 'plugins', 'module_utils', 'sbom.py'), encoding='utf-8') as stream:
+        recorded = re.search(r"^TOOL_VERSION = '([^']+)'", stream.read(), re.M)
+    assert recorded and recorded.group(1) == version, (recorded and recorded.group(1), version)
