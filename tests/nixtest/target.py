@@ -311,7 +311,7 @@ class TargetHost(LoopbackDaemon):
         try:
             with open(self.path(self._memory_log)) as f:
                 return [(int(kib) / 1024.0, float(seconds))
-                        for kib, seconds in (line.split() for line in f)]
+                        for kib, seconds in (line.split()[:2] for line in f)]
         except FileNotFoundError:
             return []
 
