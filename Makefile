@@ -38,7 +38,8 @@ PG_BINARIES_DIR := build/pg-binaries
 PG_BINARIES := 16.15.0=93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951 \
 	17.11.0=a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224
 
-.PHONY: help deps venv controllers collections-extra pg-binaries unit integration sanity lint test demo bench bench-optimise bench-push bench-upgrade clean distclean
+.PHONY: help deps venv controllers collections-extra pg-binaries unit integration release-tests sanity lint \
+	test demo bench bench-optimise bench-push bench-upgrade release build docs docs-pages clean distclean
 
 # In `make test` a missing prerequisite (Nix, a controller) fails a test instead of
 # skipping it.
