@@ -3,6 +3,7 @@
 Modules:
 
 ``nix``       build fixtures with real Nix, write and sign binary caches, judge stores
+``loopback``  the lifecycle of the loopback HTTP servers below (a free port, a serving thread)
 ``http``      a threaded loopback HTTP server with Range support, fault injection and a log
 ``sshd``      a private sshd on loopback that Ansible reaches as a bare managed host
 ``ansible``   run ``ansible-playbook`` in isolation and read every task result as JSON

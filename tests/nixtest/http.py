@@ -42,7 +42,9 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackServer
 
 CONTENT_TYPES = {
     '.narinfo': 'text/x-nix-narinfo',
@@ -303,11 +305,15 @@ def _content_type(filename):
     return 'application/octet-stream'
 
 
-class CacheServer:
+class CacheServer(LoopbackServer):
     """Serve ``directory`` on 127.0.0.1 (a free port) until stopped."""
+
+    handler = _Handler
+    thread_name = 'nixtest-http'
 
     def __init__(self, directory, tls=None):
         """``tls``: an ssl.SSLContext (server side) to serve HTTPS instead of HTTP."""
+        super().__init__()
         self.directory = os.path.realpath(str(directory))
         self.tls = tls
         self._lock = threading.Lock()
@@ -316,41 +322,17 @@ class CacheServer:
         # Authorization header values accepted (None: no authentication asked for)
         self.required_authorization = None
         self.ranges_ignored = False  # answer Range requests with the whole file (200)
-        self._httpd = None
-        self._thread = None
         self._stopping = threading.Event()   # ends dripping and holding answers
         self.connections = 0                 # TCP connections accepted
 
-    # lifecycle
-    def start(self):
-        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-        if self.tls is not None:
-            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True,
-                                                      do_handshake_on_connect=False)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name='nixtest-http', daemon=True)
-        self._thread.start()
-        return self
+    def wrap_socket(self, sock):
+        if self.tls is None:
+            return sock
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
 
     def stop(self):
         self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(timeout=10)
-            self._httpd = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    @property
-    def port(self):
-        return self._httpd.server_address[1]
+        super().stop()
 
     @property
     def url(self):

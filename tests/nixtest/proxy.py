@@ -13,7 +13,9 @@ import select
 import socket
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackServer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -82,28 +84,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class Proxy:
+class Proxy(LoopbackServer):
+    handler = _Handler
+    thread_name = 'nixtest-proxy'
+
     def __init__(self):
+        super().__init__()
         self.lock = threading.Lock()
         self.requests = []
         self.required = None
-        self._httpd = None
 
     def require_auth(self, value):
         self.required = value
 
-    def __enter__(self):
-        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self
-        threading.Thread(target=self._httpd.serve_forever, name='nixtest-proxy',
-                         daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
     @property
     def url(self):
-        return 'http://127.0.0.1:%d' % self._httpd.server_address[1]
+        return 'http://127.0.0.1:%d' % self.port

@@ -18,7 +18,9 @@ import http.client
 import threading
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackServer
 
 SLOW_DOWN = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              '<Message>Please reduce your request rate.</Message>'
@@ -95,44 +97,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class ThrottlingS3Proxy:
+class ThrottlingS3Proxy(LoopbackServer):
     """Relay to ``upstream`` (``host:port``), answering SlowDown where told to."""
 
+    handler = _Handler
+    thread_name = 'nixtest-s3-throttle'
+
     def __init__(self, upstream):
+        super().__init__()
         host, _sep, port = upstream.rpartition(':')
         self.upstream = (host, int(port))
         self.lock = threading.Lock()
         self.rules = []
         self.throttled = []
         self.forwarded = []
-        self._httpd = None
-        self._thread = None
-
-    def start(self):
-        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name='nixtest-s3-throttle', daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(timeout=10)
-            self._httpd = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     @property
     def endpoint(self):
-        return '127.0.0.1:%d' % self._httpd.server_address[1]
+        return '127.0.0.1:%d' % self.port
 
     def throttle(self, pattern, times, retry_after=None):
         """Answer the next ``times`` GET/HEAD requests whose key path matches the glob
