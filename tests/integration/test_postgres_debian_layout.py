@@ -263,28 +263,14 @@ def snapshot(target):
     return found
 
 
-def sh(target, command, user=None):
-    """Run ``command`` on the target (as ``user`` through runuser); its stripped stdout."""
-    if user:
-        command = 'runuser -u %s -- sh -c %s' % (user, shlex.quote(command))
-    proc = target.run(command)
-    assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (
-        command, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout.strip()
-
-
 def psql(target, query, db='postgres'):
-    return sh(target, 'psql -XAtd %s -c %s' % (db, shlex.quote(query)), user='postgres')
-
-
-def resolved(target, path):
-    return sh(target, 'readlink -f %s' % path)
+    return target.sh('psql -XAtd %s -c %s' % (db, shlex.quote(query)), user='postgres')
 
 
 def postmaster(target):
     """The running postmaster's PID and the file it runs."""
-    pid = sh(target, 'head -n 1 /var/lib/postgresql/15/main/postmaster.pid')
-    return pid, sh(target, 'readlink /proc/%s/exe' % pid)
+    pid = target.sh('head -n 1 /var/lib/postgresql/15/main/postmaster.pid')
+    return pid, target.sh('readlink /proc/%s/exe' % pid)
 
 
 def unit(target, name):
@@ -330,26 +316,26 @@ def test_role_leaves_what_the_package_leaves(debian_host, pg_server, pg_closure)
     # versioned directories that link through the profile into the closure
     assert os.readlink(target.path('/usr/lib/postgresql/15/bin/postgres')) == \
         '/var/lib/postgresql/.nix-profile/bin/postgres'
-    assert resolved(target, '/usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
+    assert target.realpath('/usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
     extension = '/usr/share/postgresql/15/extension'
     assert os.path.isdir(target.path(extension)) and not os.path.islink(target.path(extension))
-    assert resolved(target, extension + '/hstore.control').startswith(pg_closure.top + '/')
+    assert target.realpath(extension + '/hstore.control').startswith(pg_closure.top + '/')
     lib = '/usr/lib/postgresql/15/lib'
     assert os.path.isdir(target.path(lib)) and os.listdir(target.path(lib))
     assert all(os.readlink(target.path(lib + '/' + name)).startswith(
         '/var/lib/postgresql/.nix-profile/lib/') for name in os.listdir(target.path(lib)))
-    assert sh(target, 'dpkg-query -W -f "${Status}" postgresql-15 || true') != \
+    assert target.sh('dpkg-query -W -f "${Status}" postgresql-15 || true') != \
         'install ok installed'  # no server package
 
     # the main cluster, as pg_createcluster makes it for the package
-    listed = sh(target, 'pg_lsclusters -h').split()
+    listed = target.sh('pg_lsclusters -h').split()
     assert listed[:4] == ['15', 'main', '5432', 'online']
     assert listed[4:7] == ['postgres', '/var/lib/postgresql/15/main',
                            '/var/log/postgresql/postgresql-15-main.log']
     config = '/etc/postgresql/15/main/'
     for name in ('postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'start.conf', 'pg_ctl.conf',
                  'environment'):
-        assert os.stat(target.path(config + name)).st_uid == int(sh(target, 'id -u postgres')), name
+        assert os.stat(target.path(config + name)).st_uid == int(target.sh('id -u postgres')), name
     conf = open(target.path(config + 'postgresql.conf')).read()
     for line in ("data_directory = '/var/lib/postgresql/15/main'", "cluster_name = '15/main'",
                  "hba_file = '/etc/postgresql/15/main/pg_hba.conf'",
@@ -361,7 +347,7 @@ def test_role_leaves_what_the_package_leaves(debian_host, pg_server, pg_closure)
     assert "LOCALE_ARCHIVE = '/usr/lib/locale/locale-archive'" in environment
     data = os.stat(target.path('/var/lib/postgresql/15/main'))
     assert oct(data.st_mode & 0o777) == '0o700'
-    assert data.st_uid == int(sh(target, 'id -u postgres'))
+    assert data.st_uid == int(target.sh('id -u postgres'))
     assert open(target.path('/var/lib/postgresql/15/main/PG_VERSION')).read().strip() == '15'
     assert oct(os.stat(target.path('/var/run/postgresql')).st_mode & 0o7777) == '0o2775'
     assert oct(os.stat(target.path('/var/log/postgresql')).st_mode & 0o7777) == '0o1775'
@@ -374,20 +360,20 @@ def test_role_leaves_what_the_package_leaves(debian_host, pg_server, pg_closure)
     assert psql(target, "select 'ä' < 'b' collate \"en_US.utf8\"") == 't'
     # the client commands in /usr/bin go through pg_wrapper to the Nix build
     assert os.readlink(target.path('/usr/bin/psql')) == '../share/postgresql-common/pg_wrapper'
-    assert sh(target, 'pg_dump --version').startswith('pg_dump (PostgreSQL) %s' % pg_closure.version)
-    assert sh(target, 'pg_config --version').startswith('PostgreSQL %s' % pg_closure.version)
-    assert sh(target, 'pg_conftool -s 15 main show cluster_name') == '15/main'
+    assert target.sh('pg_dump --version').startswith('pg_dump (PostgreSQL) %s' % pg_closure.version)
+    assert target.sh('pg_config --version').startswith('PostgreSQL %s' % pg_closure.version)
+    assert target.sh('pg_conftool -s 15 main show cluster_name') == '15/main'
 
     # pg_ctlcluster, for real
-    sh(target, 'pg_ctlcluster 15 main reload')
+    target.sh('pg_ctlcluster 15 main reload')
     assert target.run('pg_ctlcluster 15 main status').returncode == 0
-    sh(target, 'pg_ctlcluster 15 main restart')
+    target.sh('pg_ctlcluster 15 main restart')
     assert postmaster(target)[0] != pid
-    sh(target, 'pg_ctlcluster 15 main stop')
+    target.sh('pg_ctlcluster 15 main stop')
     assert target.run('pg_ctlcluster 15 main status').returncode == 3
-    assert sh(target, 'pg_lsclusters -h').split()[3] == 'down'
-    sh(target, 'pg_ctlcluster 15 main start')
-    assert sh(target, 'pg_lsclusters -h').split()[3] == 'online'
+    assert target.sh('pg_lsclusters -h').split()[3] == 'down'
+    target.sh('pg_ctlcluster 15 main start')
+    assert target.sh('pg_lsclusters -h').split()[3] == 'online'
 
     # the units, by their text; then the cluster run by their commands (no systemd here)
     template = unit(target, 'postgresql@.service')
@@ -400,12 +386,12 @@ def test_role_leaves_what_the_package_leaves(debian_host, pg_server, pg_closure)
     service = unit(target, 'postgresql.service')
     assert 'ExecStart=/bin/true' in service and 'RemainAfterExit=on' in service
     assert os.path.exists(target.path('/etc/postgresql/15/main/postgresql.conf'))  # the Assert
-    sh(target, unit_command(template, 'ExecStop', '15-main'))
+    target.sh(unit_command(template, 'ExecStop', '15-main'))
     assert not os.path.exists(target.path('/run/postgresql/15-main.pid'))
-    sh(target, unit_command(template, 'ExecStart', '15-main'))
+    target.sh(unit_command(template, 'ExecStart', '15-main'))
     pid, exe = postmaster(target)
     assert open(target.path('/run/postgresql/15-main.pid')).read().strip() == pid
-    sh(target, unit_command(template, 'ExecReload', '15-main'))
+    target.sh(unit_command(template, 'ExecReload', '15-main'))
     assert postmaster(target)[0] == pid
 
     # a re-run and a dry run change nothing
@@ -486,9 +472,9 @@ def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_i
 
     # a cluster of another major on the host (as an older package would have left it)
     old = target.path('/etc/postgresql/14/main')
-    sh(target, 'install -d -o postgres -g postgres /etc/postgresql/14/main /var/lib/postgresql/14 '
-               '&& install -d -m 0700 -o postgres -g postgres /var/lib/postgresql/14/main '
-               '&& echo 14 > /var/lib/postgresql/14/main/PG_VERSION')
+    target.sh('install -d -o postgres -g postgres /etc/postgresql/14/main /var/lib/postgresql/14 '
+              '&& install -d -m 0700 -o postgres -g postgres /var/lib/postgresql/14/main '
+              '&& echo 14 > /var/lib/postgresql/14/main/PG_VERSION')
     with open(os.path.join(old, 'postgresql.conf'), 'w') as f:
         f.write("data_directory = '/var/lib/postgresql/14/main'\n")
     try:
@@ -500,7 +486,7 @@ def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_i
         assert '14/main' in message and 'PostgreSQL 15' in message
         assert 'postgres_new_cluster' in message and 'Nothing was changed' in message
         assert snapshot(target) == before
-        assert resolved(target, '/usr/lib/postgresql/15/bin/postgres').startswith(
+        assert target.realpath('/usr/lib/postgresql/15/bin/postgres').startswith(
             pg_closure.top + '/')
 
         # asked for, the new major's cluster goes beside the old one (here: already there)
@@ -508,15 +494,15 @@ def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_i
         assert allowed.changed_tasks() == []
 
         # ... and, when it is not there yet, it is made beside the old one, which is left alone
-        sh(target, 'pg_dropcluster --stop 15 main')
+        target.sh('pg_dropcluster --stop 15 main')
         made = apply_role(target, pg_server, pg_closure.top, postgres_new_cluster=True)
         assert 'Create the main cluster (pg_createcluster, as the package\'s installation does)' \
             in made.changed_tasks()
         assert open(os.path.join(old, 'postgresql.conf')).read() == \
             "data_directory = '/var/lib/postgresql/14/main'\n"
         # the old cluster keeps port 5432, so the new one gets the next, as pg_createcluster does
-        assert re.search(r'^15 +main +5433 +online ', sh(target, 'pg_lsclusters -h'), re.M)
-        assert sh(target, 'psql --cluster 15/main -XAtd postgres -c "select 1"', user='postgres') == '1'
+        assert re.search(r'^15 +main +5433 +online ', target.sh('pg_lsclusters -h'), re.M)
+        assert target.sh('psql --cluster 15/main -XAtd postgres -c "select 1"', user='postgres') == '1'
     finally:
         target.run('rm -r /etc/postgresql/14 /var/lib/postgresql/14', check=True)
-    assert re.match(r'^15 +main +\d+ +online ', sh(target, 'pg_lsclusters -h'))
+    assert re.match(r'^15 +main +\d+ +online ', target.sh('pg_lsclusters -h'))

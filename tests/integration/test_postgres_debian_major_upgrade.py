@@ -53,18 +53,9 @@ def apply_role(target, cache, store_path, ok=True, **variables):
     return result
 
 
-def sh(target, command, user=None):
-    if user:
-        command = 'cd /tmp && runuser -u %s -- sh -c %s' % (user, shlex.quote(command))
-    proc = target.run(command)
-    assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (
-        command, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout.strip()
-
-
 def psql(target, query, cluster):
-    return sh(target, 'psql --cluster %s -XAtd postgres -c %s' % (cluster, shlex.quote(query)),
-              user='postgres')
+    return target.sh('psql --cluster %s -XAtd postgres -c %s' % (cluster, shlex.quote(query)),
+                     user='postgres')
 
 
 def fingerprint(target, cluster):
@@ -87,7 +78,7 @@ def old_port(target):
 def test_a_cluster_of_15_with_data(host, cache, pg_closure):
     apply_role(host, cache, pg_closure.top)
     # pg_createcluster takes the first port free on the machine, 5432 or a later one
-    assert re.search(r'^15 +main +%d +online ' % old_port(host), sh(host, 'pg_lsclusters -h'), re.M)
+    assert re.search(r'^15 +main +%d +online ' % old_port(host), host.sh('pg_lsclusters -h'), re.M)
     psql(host, 'create extension pgcrypto', '15/main')
     psql(host, "create role shopkeeper login; create schema shop authorization shopkeeper; "
                "create sequence shop.order_numbers start 1000; "
@@ -96,7 +87,7 @@ def test_a_cluster_of_15_with_data(host, cache, pg_closure):
                "insert into shop.orders (item, secret) select 'item ' || n, "
                "pgp_sym_encrypt('n=' || n, 'key') from generate_series(1, 2000) n", '15/main')
     psql(host, "alter system set work_mem = '12MB'", '15/main')
-    sh(host, 'pg_ctlcluster 15 main reload')
+    host.sh('pg_ctlcluster 15 main reload')
     assert fingerprint(host, '15/main')['rows'] == '2000|3999000'
 
 
@@ -105,7 +96,7 @@ def test_the_role_upgrades_15_main_to_17_as_pg_upgradecluster_leaves_it(
     before, port = fingerprint(host, '15/main'), old_port(host)
     done = apply_role(host, cache, pg_closure_17.top, postgres_major_upgrade=True)
     assert done.task(UPGRADE_TASK)['changed']
-    clusters = sh(host, 'pg_lsclusters -h')
+    clusters = host.sh('pg_lsclusters -h')
     assert re.search(r'^17 +main +%d +online ' % port, clusters, re.M), clusters
     assert re.search(r'^15 +main +(?!%d )\d+ +down ' % port, clusters, re.M), clusters
     with open(host.path('/etc/postgresql/15/main/start.conf')) as f:
@@ -115,18 +106,18 @@ def test_the_role_upgrades_15_main_to_17_as_pg_upgradecluster_leaves_it(
     assert fingerprint(host, '17/main') == before
     # the new major's programs, through the profile; the old major's, from its own closure
     for program in NEEDED:
-        assert sh(host, 'readlink -e /usr/lib/postgresql/17/bin/%s' % program).startswith(
+        assert host.sh('readlink -e /usr/lib/postgresql/17/bin/%s' % program).startswith(
             pg_closure_17.top + '/')
-    assert sh(host, 'readlink -e /usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
+    assert host.sh('readlink -e /usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
     assert os.readlink(host.path('/nix/var/nix/gcroots/nixcache-postgres-15')) == pg_closure.top
     again = apply_role(host, cache, pg_closure_17.top, postgres_major_upgrade=True)
     assert again.changed_tasks() == []
 
 
 def test_a_downgrade_is_refused(host, cache, pg_closure_16):
-    before = sh(host, 'pg_lsclusters -h')
+    before = host.sh('pg_lsclusters -h')
     refused = apply_role(host, cache, pg_closure_16.top, ok=False, postgres_major_upgrade=True)
     task = 'Refuse a downgrade (pg_upgrade moves a cluster to a newer major only)'
     assert refused.failed_tasks() == [task]
     assert 'cannot downgrade' in refused.task(task)['msg']
-    assert sh(host, 'pg_lsclusters -h') == before
+    assert host.sh('pg_lsclusters -h') == before

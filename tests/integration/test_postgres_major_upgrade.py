@@ -73,19 +73,9 @@ def apply_role(target, cache, store_path, ok=True, check=False, **variables):
     return result
 
 
-def sh(target, command, user=None, ok=True):
-    if user:
-        command = 'cd /tmp && runuser -u %s -- bash -c %s' % (user, shlex.quote(command))
-    proc = target.run(command)
-    if ok:
-        assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (
-            command, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout.strip()
-
-
 def sql(target, query, db='postgres'):
-    return sh(target, '/usr/lib/postgresql/bin/psql -XAt -h /tmp -U supabase_admin -d %s -c %s'
-              % (db, shlex.quote(query)), user='postgres')
+    return target.sh('/usr/lib/postgresql/bin/psql -XAt -h /tmp -U supabase_admin -d %s -c %s'
+                     % (db, shlex.quote(query)), user='postgres')
 
 
 def server_version(target):
@@ -115,12 +105,12 @@ def test_a_cluster_of_15_with_data(host, cache, pg_closure):
     apply_role(host, cache, pg_closure.top, postgres_initdb_options=INITDB_OPTIONS)
     with open(host.path('/data/pgdata/postgresql.conf'), 'a') as f:
         f.write("\nshared_preload_libraries = 'pg_stat_statements'\nmax_connections = 42\n")
-    sh(host, START, user='postgres')
+    host.sh(START, user='postgres')
     sql(host, 'create extension pgcrypto; create extension pg_stat_statements')
     sql(host, DATA)
     sql(host, "alter system set work_mem = '12MB'")
-    sh(host, START.replace(' start', ' restart').replace('-l /tmp/pg.log ', '-l /tmp/pg.log -m fast '),
-       user='postgres')
+    host.sh(START.replace(' start', ' restart').replace('-l /tmp/pg.log ', '-l /tmp/pg.log -m fast '),
+            user='postgres')
     assert server_version(host).startswith('15.')
     sql(host, "select nextval('shop.order_numbers')")  # the sequence moves on: 6000 was last
     before = fingerprint(host)
@@ -202,11 +192,11 @@ def test_a_missing_extension_library_is_refused(host, cache, pg_closure_17):
 def test_not_enough_free_space_for_a_copy_is_refused_naming_both_numbers(host, cache, pg_closure_17):
     # a sparse file stands in for data larger than the free space of /data
     free = os.statvfs(host.path('/data')).f_bavail * os.statvfs(host.path('/data')).f_frsize
-    sh(host, 'truncate -s %d /data/pgdata/base/sparse-standin' % (free * 2))
+    host.sh('truncate -s %d /data/pgdata/base/sparse-standin' % (free * 2))
     try:
         failed = refuse(host, cache, pg_closure_17.top)
     finally:
-        sh(host, 'rm /data/pgdata/base/sparse-standin')
+        host.sh('rm /data/pgdata/base/sparse-standin')
     [problem] = failed['problems']
     numbers = [int(n) for n in re.findall(r'(\d+) bytes', problem)]
     assert 'not enough free space' in problem and len(numbers) == 2, problem
@@ -238,8 +228,8 @@ def test_upgrade_15_to_17_by_copy_keeps_everything_and_a_re_run_changes_nothing(
     assert open(host.path('/data/pgdata/PG_VERSION')).read().strip() == '17'
     assert open(host.path('/data/pgdata.15/PG_VERSION')).read().strip() == '15'
     pid = open(host.path('/data/pgdata/postmaster.pid')).read().split()[0]
-    assert sh(host, 'readlink /proc/%s/exe' % pid).startswith(pg_closure_17.top + '/')
-    assert sh(host, 'readlink -f /usr/lib/postgresql/bin/postgres').startswith(pg_closure_17.top)
+    assert host.sh('readlink /proc/%s/exe' % pid).startswith(pg_closure_17.top + '/')
+    assert host.sh('readlink -f /usr/lib/postgresql/bin/postgres').startswith(pg_closure_17.top)
     # statistics were gathered, the extensions work
     assert int(sql(host, "select count(*) from pg_stats where schemaname = 'shop'")) > 0
     assert sql(host, 'select count(*) >= 0 from pg_stat_statements') == 't'
@@ -276,9 +266,9 @@ def test_rollback_with_the_old_pin_brings_15_back_and_says_writes_are_lost(
     assert sql(host, "select count(*) from shop.orders where item = 'written on 17'") == '0'
     assert sql(host, 'select count(*) from shop.orders') == '5000'
     assert open(host.path('/data/pgdata.rolled-back-17/PG_VERSION')).read().strip() == '17'
-    assert sh(host, 'readlink -f /usr/lib/postgresql/bin/postgres').startswith(pg_closure.top)
+    assert host.sh('readlink -f /usr/lib/postgresql/bin/postgres').startswith(pg_closure.top)
     assert apply_role(host, cache, pg_closure.top).changed_tasks() == []
-    sh(host, 'rm -rf /data/pgdata.rolled-back-17')
+    host.sh('rm -rf /data/pgdata.rolled-back-17')
 
 
 KILLER = r"""

@@ -101,23 +101,10 @@ def new_target(tmp_path):
         target.stop()
 
 
-def sh(target, command, user=None):
-    if user:
-        command = 'runuser -u %s -- sh -c %s' % (user, shlex.quote(command))
-    proc = target.run(command)
-    assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (
-        command, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout.strip()
-
-
 def postmaster(target, data_dir):
     """The running postmaster's PID and the real path of the program it runs."""
-    pid = sh(target, 'head -n 1 %s/postmaster.pid' % data_dir)
-    return pid, sh(target, 'readlink /proc/%s/exe' % pid)
-
-
-def resolved(target, path):
-    return sh(target, 'readlink -f %s' % path)
+    pid = target.sh('head -n 1 %s/postmaster.pid' % data_dir)
+    return pid, target.sh('readlink /proc/%s/exe' % pid)
 
 
 def apply_role(target, servers, pin, ok=True, check=False, **variables):
@@ -142,8 +129,8 @@ class NixProfileHost(object):
         return apply_role(self.target, self.servers, pin, postgres_initdb=True, **options)
 
     def psql(self, query, db='postgres'):
-        return sh(self.target, '/usr/lib/postgresql/bin/psql -h /tmp -U supabase_admin -XAtd %s -c %s'
-                  % (db, shlex.quote(query)), user='postgres')
+        return self.target.sh('/usr/lib/postgresql/bin/psql -h /tmp -U supabase_admin -XAtd %s -c %s'
+                              % (db, shlex.quote(query)), user='postgres')
 
 
 class DebianHost(NixProfileHost):
@@ -160,7 +147,7 @@ class DebianHost(NixProfileHost):
         return apply_role(self.target, self.servers, pin, **dict(self.options, **options))
 
     def psql(self, query, db='postgres'):
-        return sh(self.target, 'psql -XAtd %s -c %s' % (db, shlex.quote(query)), user='postgres')
+        return self.target.sh('psql -XAtd %s -c %s' % (db, shlex.quote(query)), user='postgres')
 
 
 def fill(host):
@@ -191,14 +178,14 @@ def check_rollback(host, good, bad, failed, what_failed):
     assert 'no data was lost' in message and 'a re-run with the same pin tries it again' in message
     assert_serves(host, good)
     assert_rows_kept(host)
-    assert resolved(host.target, '/var/lib/postgresql/.nix-profile/bin/postgres').startswith(good.top + '/')
+    assert host.target.realpath('/var/lib/postgresql/.nix-profile/bin/postgres').startswith(good.top + '/')
     return message
 
 
 def test_nix_profile_layout_minor_upgrade_good_and_bad(new_target, servers, pg_closure, pg_closure_b, broken):
     host = NixProfileHost(new_target(), servers)
     host.apply(pg_closure.top)
-    sh(host.target, START_CONTRACT_CLUSTER)
+    host.target.sh(START_CONTRACT_CLUSTER)
     fill(host)
     pid = assert_serves(host, pg_closure)
 
@@ -213,7 +200,7 @@ def test_nix_profile_layout_minor_upgrade_good_and_bad(new_target, servers, pg_c
     message = check_rollback(host, pg_closure, broken['no-start'], failed, 'libnixtest-missing.so.1')
     assert 'last lines of /var/lib/postgresql/postgresql.log' in message
     for link in ('/usr/lib/postgresql/bin/postgres', '/usr/bin/psql'):
-        assert resolved(host.target, link).startswith(pg_closure.top + '/'), link
+        assert host.target.realpath(link).startswith(pg_closure.top + '/'), link
 
     # the same bad pin again: tried again, rolled back again
     again = host.apply(broken['no-start'].top, ok=False)
@@ -258,8 +245,8 @@ def test_debian_layout_minor_upgrade_good_and_bad(new_target, servers, pg_closur
     failed = host.apply(broken['no-start'].top, ok=False)
     message = check_rollback(host, pg_closure, broken['no-start'], failed, 'libnixtest-missing.so.1')
     assert 'last lines of /var/log/postgresql/postgresql-15-main.log' in message
-    assert resolved(host.target, '/usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
-    assert sh(host.target, 'pg_lsclusters -h').split()[3] == 'online'
+    assert host.target.realpath('/usr/lib/postgresql/15/bin/postgres').startswith(pg_closure.top + '/')
+    assert host.target.sh('pg_lsclusters -h').split()[3] == 'online'
 
     # a run cut off between the profile switch and the restart: the server still runs the old
     # build, and the next run (the profile already switched) restarts it on the new one

@@ -315,6 +315,22 @@ class TargetHost(LoopbackDaemon):
         except FileNotFoundError:
             return []
 
+    def sh(self, command, user=None, ok=True):
+        """The stripped standard output of shell ``command`` on the target, run as ``user``
+        (through runuser, from /tmp) when given; with ``ok``, a failure names the command,
+        its exit code and its output."""
+        if user:
+            command = 'cd /tmp && runuser -u %s -- bash -c %s' % (user, shlex.quote(command))
+        proc = self.run(command)
+        if ok:
+            assert proc.returncode == 0, '%s: rc=%d\n%s\n%s' % (
+                command, proc.returncode, proc.stdout, proc.stderr)
+        return proc.stdout.strip()
+
+    def realpath(self, path):
+        """Where ``path`` leads on the target, every link followed (``readlink -f``)."""
+        return self.sh('readlink -f %s' % shlex.quote(path))
+
     def run(self, command, check=False, timeout=300, input=None):
         """Run shell ``command`` on the target over SSH; a CompletedProcess (text)."""
         return subprocess.run(self.ssh_command(command), capture_output=True, text=True,
