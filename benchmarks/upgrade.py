@@ -51,10 +51,10 @@ PLAYBOOK = '''
   tasks:
     - name: Upgrade the cluster
       nixcache.closure.postgres_upgrade:
-        data_dir: "{{ data_dir }}"
+        data_directory: "{{ data_dir }}"
         new_bindir: "{{ new_bindir }}"
         method: "{{ method }}"
-        user: postgres
+        os_user: postgres
         login_user: postgres
 '''
 

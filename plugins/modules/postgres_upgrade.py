@@ -8,31 +8,31 @@ module: postgres_upgrade
 short_description: Upgrade a PostgreSQL cluster to a new major version with pg_upgrade, recorded so it can resume or roll back
 version_added: 0.2.0
 description:
-  - Upgrades the cluster in O(data_dir) to the major version of the programs in
+  - Upgrades the cluster in O(data_directory) to the major version of the programs in
     O(new_bindir) (a realised closure, beside the old one) with the new build's
-    C(pg_upgrade). The cluster keeps its path, so afterwards O(data_dir) holds the new
+    C(pg_upgrade). The cluster keeps its path, so afterwards O(data_directory) holds the new
     cluster, its server runs on the old port with the old start options
-    (C(postmaster.opts)), and the old cluster is kept at C(<data_dir>.<old major>) until
+    (C(postmaster.opts)), and the old cluster is kept at C(<data_directory>.<old major>) until
     O(state=cleaned).
   - "Steps: pre-flight checks that refuse before anything changes (no downgrade; every
     library the old cluster uses, from C(pg_proc.probin) and C(shared_preload_libraries),
     present in the new build; enough free space for a copy; a locale provider the new
-    build has); C(initdb) of the new cluster at C(<data_dir>.<new major>) matching the old
+    build has); C(initdb) of the new cluster at C(<data_directory>.<new major>) matching the old
     one's install user, encoding, locale, data checksums and WAL segment size (with
     C(--no-data-checksums) for 18 and later when the old cluster has none); the old
     configuration files copied over; C(pg_upgrade --check) with the old server still
     running; stop; C(pg_upgrade); the data directories swapped; the new server started;
     C(update_extensions.sql); C(vacuumdb --all --analyze-in-stages) (not for 18 and later,
     which carry the statistics over)."
-  - Each step is recorded in C(<data_dir>.upgrade/state.json). A run after a crash
+  - Each step is recorded in C(<data_directory>.upgrade/state.json). A run after a crash
     (the play or C(pg_upgrade) killed, power lost) finds the record; before the transfer
     finished it puts the old cluster back and starts again, after it it finishes. A run
     after success changes nothing.
-  - O(state=rolled_back) puts the old cluster back at O(data_dir) and starts it. With
+  - O(state=rolled_back) puts the old cluster back at O(data_directory) and starts it. With
     C(copy) and C(clone) this is always possible, and the writes made on the new cluster
-    since are lost (its directory is kept at C(<data_dir>.rolled-back-<new major>)). With
+    since are lost (its directory is kept at C(<data_directory>.rolled-back-<new major>)). With
     C(link) it is possible only until the new cluster has started, then refused.
-  - Runs the servers and tools as O(user); runs as root.
+  - Runs the servers and tools as O(os_user); runs as root.
 author:
   - nixcache.closure maintainers (@nixcache)
 requirements:
@@ -42,7 +42,7 @@ requirements:
 extends_documentation_fragment:
   - nixcache.closure.attributes
 options:
-  data_dir:
+  data_directory:
     description: The cluster's data directory, as the server runs it (its real path is used).
     type: path
     required: true
@@ -73,7 +73,7 @@ options:
     type: str
     choices: [upgraded, rolled_back, cleaned]
     default: upgraded
-  user:
+  os_user:
     description: The operating system user of the server.
     type: str
     default: postgres
@@ -104,7 +104,7 @@ attributes:
 EXAMPLES = r'''
 - name: Upgrade the cluster to PostgreSQL 17 from its realised closure
   nixcache.closure.postgres_upgrade:
-    data_dir: /data/pgdata
+    data_directory: /data/pgdata
     new_bindir: /nix/store/ykrjb8n2lfn2np9cslm12ajr8x79x48j-postgresql-and-plugins-17.11/lib/postgresql/17/bin
     login_user: supabase_admin
     environment:
@@ -112,7 +112,7 @@ EXAMPLES = r'''
 
 - name: Put PostgreSQL 15 back
   nixcache.closure.postgres_upgrade:
-    data_dir: /data/pgdata
+    data_directory: /data/pgdata
     new_bindir: /nix/store/ykrjb8n2lfn2np9cslm12ajr8x79x48j-postgresql-and-plugins-17.11/lib/postgresql/17/bin
     state: rolled_back
 '''
@@ -156,12 +156,12 @@ from ansible_collections.nixcache.closure.plugins.module_utils.pgupgrade import 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            data_dir=dict(type='path', required=True),
+            data_directory=dict(type='path', required=True),
             new_bindir=dict(type='path'),
             old_bindir=dict(type='path'),
             method=dict(type='str', choices=list(METHODS), default='copy'),
             state=dict(type='str', choices=['upgraded', 'rolled_back', 'cleaned'], default='upgraded'),
-            user=dict(type='str', default='postgres'),
+            os_user=dict(type='str', default='postgres'),
             login_user=dict(type='str', default='postgres'),
             environment=dict(type='dict', default={}),
             jobs=dict(type='int', default=1),
@@ -170,8 +170,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    upgrade = Upgrade(os.path.realpath(params['data_dir']), params['new_bindir'] or '',
-                      method=params['method'], user=params['user'],
+    upgrade = Upgrade(os.path.realpath(params['data_directory']), params['new_bindir'] or '',
+                      method=params['method'], user=params['os_user'],
                       login_user=params['login_user'], old_bindir=params['old_bindir'],
                       environment=dict((k, str(v)) for k, v in params['environment'].items()),
                       jobs=params['jobs'])
