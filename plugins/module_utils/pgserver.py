@@ -12,10 +12,11 @@ generation that holds the build a server runs (where a rollback goes back to).
 """
 
 import os
-import pwd
 import subprocess
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from ansible_collections.nixcache.closure.plugins.module_utils.pgcluster import Host
 
 PID_FILE = 'postmaster.pid'
 SERVER_PROGRAM = 'bin/postgres'
@@ -128,32 +129,19 @@ def log_tail(paths: Iterable[str], lines: int = 20) -> str:
 class Runner(object):
     """Runs psql as ``os_user`` (when given and we are root) with a time limit."""
 
-    def __init__(self, os_user: Optional[str] = None) -> None:
-        self.preexec = None
-        self.environment = dict(os.environ)
-        if os_user and os.geteuid() == 0:
-            account = pwd.getpwnam(os_user)
-            self.environment['HOME'] = account.pw_dir
-
-            def become():
-                os.setgid(account.pw_gid)
-                os.initgroups(os_user, account.pw_gid)
-                os.setuid(account.pw_uid)
-            self.preexec = become
+    def __init__(self, os_user: Optional[str] = None, host: Optional[Host] = None) -> None:
+        self.user = os_user if os_user and os.geteuid() == 0 else None
+        self.host = host or Host()
 
     def __call__(self, argv: List[str], timeout: float) -> Any:
-        environment = dict(self.environment,
-                           PGCONNECT_TIMEOUT=str(max(2, int(timeout))),
-                           PGOPTIONS='-c statement_timeout=%d' % max(1000, int(timeout * 1000)))
+        limits = dict(PGCONNECT_TIMEOUT=str(max(2, int(timeout))),
+                      PGOPTIONS='-c statement_timeout=%d' % max(1000, int(timeout * 1000)))
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=environment,
-                                  preexec_fn=self.preexec, cwd='/', check=False)
+            return self.host.run(argv, user=self.user, env=limits, cwd='/', timeout=timeout)
         except subprocess.TimeoutExpired:
             return (None, '', 'psql did not answer within %d s' % int(timeout))
         except OSError as error:
             return (None, '', 'cannot run %s: %s' % (argv[0], error.strerror or error))
-        return (proc.returncode, proc.stdout.decode('utf-8', 'replace'),
-                proc.stderr.decode('utf-8', 'replace'))
 
 
 def wait_healthy(data_directory: str, bin_dir: str, query: str, database: str, login_user: str,
