@@ -639,8 +639,10 @@ class Upgrade(object):
             self.start_server(plan['new']['bindir'], plan['data_dir'], plan['options'])
         return True
 
-    def rollback(self, check_mode: bool = False) -> bool:
-        """Put the old cluster back at D and start it; False when there is nothing to undo."""
+    def rollback(self, check_mode: bool = False, pinned_major: Optional[int] = None) -> bool:
+        """Put the old cluster back at D and start it; False when there is nothing to undo.
+        With ``pinned_major`` (the major of the build the host will run afterwards), refuse
+        unless it is the old cluster's: the old data would not start on another major."""
         if not os.path.isdir(self.work_dir):
             return False
         with UpgradeLock(os.path.join(self.work_dir, 'lock')) if not check_mode else _nothing():
@@ -648,6 +650,12 @@ class Upgrade(object):
             if state in (None, 'rolled-back', 'refused'):
                 return False
             plan = self.record()
+            if pinned_major is not None and pinned_major != plan['old']['major']:
+                raise UpgradeError(
+                    'cannot roll back while PostgreSQL %d is pinned: the old cluster is PostgreSQL '
+                    '%d and would not start on it; pin the old build (%s) and run again. Nothing '
+                    'was changed' % (pinned_major, plan['old']['major'], plan['old']['bindir']),
+                    path=self.data_dir)
             if plan['method'] == 'link' and state in ('new-started', 'done'):
                 raise UpgradeError(
                     'cannot roll back: the upgrade used link mode and the new cluster has started, '

@@ -73,6 +73,12 @@ options:
     type: str
     choices: [upgraded, rolled_back, cleaned]
     default: upgraded
+  pinned_major:
+    description:
+      - With O(state=rolled_back), the major version of the build the host runs afterwards
+        (the pin the rollback comes with). The rollback is refused, changing nothing, unless
+        it is the old cluster's major.
+    type: int
   os_user:
     description: The operating system user of the server.
     type: str
@@ -141,6 +147,7 @@ problems:
   elements: str
 '''
 
+import functools
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -162,6 +169,7 @@ def main():
             method=dict(type='str', choices=list(METHODS), default='copy'),
             state=dict(type='str', choices=['upgraded', 'rolled_back', 'cleaned'], default='upgraded'),
             os_user=dict(type='str', default='postgres'),
+            pinned_major=dict(type='int'),
             login_user=dict(type='str', default='postgres'),
             environment=dict(type='dict', default={}),
             jobs=dict(type='int', default=1),
@@ -176,7 +184,8 @@ def main():
                       environment=dict((k, str(v)) for k, v in params['environment'].items()),
                       jobs=params['jobs'])
     with module_errors(module, messages=upgrade.messages + upgrade.warnings):
-        action = dict(upgraded=upgrade.upgrade, rolled_back=upgrade.rollback,
+        action = dict(upgraded=upgrade.upgrade,
+                      rolled_back=functools.partial(upgrade.rollback, pinned_major=params['pinned_major']),
                       cleaned=upgrade.cleanup)[params['state']]
         try:
             changed = action(check_mode=module.check_mode)

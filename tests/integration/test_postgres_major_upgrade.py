@@ -257,6 +257,13 @@ def test_a_downgrade_is_refused(host, cache, pg_closure_16):
 def test_rollback_with_the_old_pin_brings_15_back_and_says_writes_are_lost(
         host, cache, pg_closure, pg_closure_17):
     sql(host, "insert into shop.orders (item) values ('written on 17')")
+    # asked with the new pin still in place: refused, the 17 cluster serves on, with its rows
+    pid = server_pid(host)
+    wrong = apply_role(host, cache, pg_closure_17.top, ok=False, postgres_upgrade_rollback=True)
+    message = wrong.task('Put the old cluster back (postgres_upgrade_rollback)')['msg']
+    assert 'cannot roll back while PostgreSQL 17 is pinned' in message, message
+    assert server_pid(host) == pid and server_version(host).startswith('17.')
+    assert sql(host, "select count(*) from shop.orders where item = 'written on 17'") == '1'
     rolled = apply_role(host, cache, pg_closure.top, postgres_upgrade_rollback=True)
     task = rolled.task('Put the old cluster back (postgres_upgrade_rollback)')
     assert task['changed'] and task['upgrade_state'] == 'rolled-back'
@@ -277,8 +284,7 @@ KILLER = r"""
 for i in $(seq 60000); do
   pids=$(pgrep -x pg_upgrade)
   if [ -n "$pids" ]; then
-    stage=$(grep -ohsE 'Restoring database schemas|Adding ".old" suffix|Linking user relation files|Copying user relation files' \
-            /data/pgdata.16/pg_upgrade_output.d/*/log/pg_upgrade_internal.log | tail -n1)
+    stage=$(grep -ohsE "$STAGES" /data/pgdata.16/pg_upgrade_output.d/*/log/pg_upgrade_internal.log | tail -n1)
     if [ -n "$stage" ]; then
       victims="$pids"
       [ -n "${KILL_PARENT:-}" ] && victims="$victims $(ps -o ppid= -p $pids)"
@@ -293,30 +299,47 @@ exit 1
 """
 
 
-def upgrade_with_a_kill(target, cache, store_path, kill_parent=False, **variables):
-    """The role's upgrade with pg_upgrade killed while it moves the data; the failed run and
-    the stage pg_upgrade was in."""
+# pg_upgrade's stages, in its order; from the ".old" suffix on, the old cluster cannot start
+# as it is (link mode: its global/pg_control is renamed, its files are shared)
+ANY_STAGE = ('Restoring database schemas', 'Adding ".old" suffix', 'Linking user relation files',
+             'Copying user relation files')
+PAST_THE_OLD_SUFFIX = ANY_STAGE[1:]
+
+
+def upgrade_with_a_kill(target, cache, store_path, kill_parent=False, stages=ANY_STAGE, **variables):
+    """The role's upgrade with pg_upgrade killed once it has reached one of ``stages``; the
+    failed run and the stage pg_upgrade was in."""
     import threading
-    stages = []
-    command = ('KILL_PARENT=1 ' if kill_parent else '') + 'bash -c ' + shlex.quote(KILLER)
-    killer = threading.Thread(target=lambda: stages.append(target.run(command, timeout=900)))
+    caught = []
+    command = ('STAGES=%s ' % shlex.quote('|'.join(stages)) + ('KILL_PARENT=1 ' if kill_parent else '')
+               + 'bash -c ' + shlex.quote(KILLER))
+    killer = threading.Thread(target=lambda: caught.append(target.run(command, timeout=900)))
     killer.start()
     try:
         failed = apply_role(target, cache, store_path, ok=False, postgres_major_upgrade=True,
                             **variables)
     finally:
         killer.join()
-    [killed] = stages
+    [killed] = caught
     assert killed.returncode == 0, 'pg_upgrade was never caught moving the data: %s' % killed
     assert failed.failed_tasks() == [UPGRADE_TASK]
-    return failed, killed.stdout.strip()
+    stage = killed.stdout.strip()
+    assert stage in stages, stage
+    return failed, stage
 
 
 def test_link_upgrade_with_pg_upgrade_killed_puts_15_back_and_says_so(host, cache, pg_closure_16):
+    # enough relations that linking them (and the sync after it) outlasts the killer's look:
+    # pg_upgrade dies after it has renamed the old cluster's pg_control
+    sql(host, "create database wide")
+    for first in range(1, 3000, 500):   # 500 a transaction: each table takes locks
+        sql(host, "do $$ begin for n in %d..%d loop execute format("
+                  "'create table t%%s (id int primary key, note text)', n); end loop; end $$"
+                  % (first, first + 499), db='wide')
     before = fingerprint(host)
-    failed, stage = upgrade_with_a_kill(host, cache, pg_closure_16.top,
+    failed, stage = upgrade_with_a_kill(host, cache, pg_closure_16.top, stages=PAST_THE_OLD_SUFFIX,
                                         postgres_upgrade_method='link')
-    assert stage
+    assert sql(host, "select count(*) from pg_tables where schemaname = 'public'", db='wide') == '3000'
     message = failed.task(UPGRADE_TASK)['msg']
     assert 'pg_upgrade failed; the old cluster is back and serves' in message, message
     assert server_version(host).startswith('15.')
@@ -352,11 +375,19 @@ def test_rollback_of_a_link_upgrade_after_the_new_cluster_started_is_refused(
 
 def test_cleanup_removes_the_old_cluster_and_the_roots(host, cache, pg_closure_16):
     assert os.path.isdir(host.path('/data/pgdata.15'))
+    before = fingerprint(host)
     cleaned = apply_role(host, cache, pg_closure_16.top, postgres_upgrade_cleanup=True)
     assert cleaned.task('Remove the old cluster kept after the upgrade (postgres_upgrade_cleanup)')['changed']
     assert not os.path.exists(host.path('/data/pgdata.15'))
     for side in ('old', 'new'):
         assert not os.path.lexists(host.path('/nix/var/nix/gcroots/nixcache-postgres-upgrade-' + side))
-    assert server_version(host).startswith('16.')
+    # the link upgrade's data files were shared with the removed cluster: a restarted server
+    # (which opens every relation afresh) still has every row and takes a write
+    host.sh(START.replace(' start', ' restart').replace('-l /tmp/pg.log ', '-l /tmp/pg.log -m fast '),
+            user='postgres')
+    assert server_version(host).startswith('16.') and fingerprint(host) == before
+    sql(host, "insert into shop.orders (item) values ('after the cleanup')")
+    assert sql(host, "select count(*) from shop.orders where item = 'after the cleanup'") == '1'
+    host.sh('/usr/lib/postgresql/bin/vacuumdb -h /tmp -U supabase_admin --all --quiet', user='postgres')
     again = apply_role(host, cache, pg_closure_16.top, postgres_upgrade_cleanup=True)
     assert again.changed_tasks() == []

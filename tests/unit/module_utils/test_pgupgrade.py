@@ -18,6 +18,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.pgcluster import 
 from ansible_collections.nixcache.closure.plugins.module_utils.pgupgrade import (
     STATES,
     StateFile,
+    Upgrade,
     UpgradeError,
     UpgradeLock,
     data_size,
@@ -181,6 +182,24 @@ def test_a_broken_or_unknown_state_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(UpgradeError, match='unknown upgrade state'):
         StateFile(str(path)).load()
     assert 'done' in STATES and 'rolled-back' in STATES
+
+
+def test_a_rollback_with_a_pin_of_another_major_is_refused_changing_nothing(tmp_path):
+    data = tmp_path / 'pgdata'
+    data.mkdir()
+    (data / 'PG_VERSION').write_text('17\n')
+    state = StateFile(str(tmp_path / 'pgdata.upgrade' / 'state.json'))
+    os.makedirs(os.path.dirname(state.path))
+    state.save('done', method='copy', data_dir=str(data), kept_data_dir=str(data) + '.15',
+               old=dict(major=15, version='15.18', bindir='/old/bin'),
+               new=dict(major=17, version='17.11', bindir='/new/bin'))
+    before = open(state.path).read()
+    upgrade = Upgrade(str(data), '')
+    with pytest.raises(UpgradeError, match='cannot roll back while PostgreSQL 17 is pinned.*pin the old build'):
+        upgrade.rollback(pinned_major=17)
+    assert open(state.path).read() == before and sorted(os.listdir(str(tmp_path))) == ['pgdata', 'pgdata.upgrade']
+    # with the old major pinned, a dry run says what it would do
+    assert Upgrade(str(data), '').rollback(check_mode=True, pinned_major=15)
 
 
 def test_one_upgrade_at_a_time(tmp_path):
