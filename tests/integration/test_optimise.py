@@ -114,7 +114,10 @@ def test_only_given_paths_and_their_closure(duplicated_root, pg_closure, pg_clos
     root = duplicated_root
     done = run('optimise', root=str(root), paths=[pg_closure.top])
     assert done['paths'] == len(pg_closure.paths)
-    assert done['files_linked'] >= 0
+    # The paths of the other build that the first one does not share are left as they were.
+    only_other = set(pg_closure_b.paths) - set(pg_closure.paths)
+    untouched = [name for top in sorted(only_other) for name in walk_files(top, root)]
+    assert untouched and all(os.stat(name).st_nlink == 1 for name in untouched)
     # The other copy of Postgres is then linked to the files of the first.
     rest = run('optimise', root=str(root), paths=[pg_closure_b.top])
     assert rest['files_linked'] > 0
