@@ -458,6 +458,11 @@ def test_a_new_build_of_the_major_restarts_the_cluster_and_keeps_it_and_so_does_
     assert psql(target, 'select n from kept', db='shop') == '42'
     assert apply_role(target, pg_server, pg_closure.top).changed_tasks() == []
 
+    # pruning old generations changes the profile but not the build: no restart
+    pruned = apply_role(target, pg_server, pg_closure.top, postgres_profile_keep=0)
+    assert "Point the postgres user's profile at them" in pruned.changed_tasks()
+    assert postmaster(target)[0] == rolled_pid
+
 
 def test_another_major_is_refused_before_anything_changes_unless_a_new_cluster_is_asked_for(
         debian_host, pg_server, pg_closure, pg_closure_b):

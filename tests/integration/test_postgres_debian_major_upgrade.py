@@ -7,7 +7,7 @@ Afterwards ``/usr/lib/postgresql/17/bin`` holds every program pg_upgradecluster 
 major's programs are still in ``/usr/lib/postgresql/15`` (linked to its own closure, kept as a
 garbage-collector root), ``pg_lsclusters`` shows 17/main online on the old port and 15/main
 down on another with ``start.conf`` manual, every row is there, and a re-run changes nothing.
-A pin of 16 with the opt-in is then refused (no downgrade) with nothing changed.
+A dry run of the upgrade first changes nothing. A pin of 16 with the opt-in is then refused (no downgrade) with nothing changed.
 
 Before that upgrade succeeds, two crashes: in link mode, pg_upgrade killed (kill -9) once it
 has renamed the old cluster's pg_control puts 15/main back in the same run, serving every row;
@@ -59,8 +59,8 @@ def cache(upgrade_cache):
     return upgrade_cache
 
 
-def apply_role(target, cache, store_path, ok=True, prefix=(), **variables):
-    result = run_playbook(PLAYBOOK, target.inventory(), prefix=prefix, extra_vars=dict(
+def apply_role(target, cache, store_path, ok=True, prefix=(), check=False, **variables):
+    result = run_playbook(PLAYBOOK, target.inventory(), prefix=prefix, check=check, extra_vars=dict(
         cache, postgres_store_path=store_path, postgres_layout='debian',
         postgres_createcluster_options=OWN_ADDRESS, **variables))
     if ok is True:
@@ -113,6 +113,18 @@ def test_a_cluster_of_15_with_data(host, cache, pg_closure):
             "do $$ begin for n in %d..%d loop execute format("
             "'create table t%%s (id int primary key, note text)', n); end loop; end $$"
             % (first, first + 499)), user='postgres')
+
+
+def test_a_dry_run_of_the_upgrade_changes_nothing(host, cache, pg_closure_17):
+    before = host.sh('pg_lsclusters -h')
+    with open(host.path('/var/lib/postgresql/15/main/postmaster.pid')) as f:
+        pid = f.readline()
+    apply_role(host, cache, pg_closure_17.top, check=True, postgres_major_upgrade=True)
+    assert host.sh('pg_lsclusters -h') == before
+    with open(host.path('/var/lib/postgresql/15/main/postmaster.pid')) as f:
+        assert f.readline() == pid
+    assert not os.path.exists(host.path(RECORD))
+    assert not os.path.exists(host.path('/etc/postgresql/17'))
 
 
 def wide_tables(target, cluster):
@@ -264,6 +276,8 @@ def test_the_role_upgrades_15_main_to_17_as_pg_upgradecluster_leaves_it(
     assert os.readlink(host.path('/nix/var/nix/gcroots/nixcache-postgres-15')) == pg_closure.top
     again = apply_role(host, cache, pg_closure_17.top, postgres_major_upgrade=True)
     assert again.changed_tasks() == []
+    # the old cluster left down beside 17/main no longer needs the opt-in on later runs
+    assert apply_role(host, cache, pg_closure_17.top).changed_tasks() == []
 
 
 def test_a_downgrade_is_refused(host, cache, pg_closure_16):
