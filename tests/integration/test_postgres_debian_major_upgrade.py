@@ -32,6 +32,7 @@ import pytest
 
 from nixtest import REPO
 from nixtest.ansible import run_playbook
+from nixtest.pgupgrade import PAST_THE_OLD_SUFFIX, STAGES, many_tables_sql
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +88,12 @@ def fingerprint(target, cluster):
         work_mem=psql(target, 'show work_mem', cluster))
 
 
+def start_conf(target, cluster):
+    """The words of a cluster's start.conf, comments left out (auto, manual or disabled)."""
+    with open(target.path('/etc/postgresql/%s/start.conf' % cluster)) as f:
+        return [word for line in f if not line.startswith('#') for word in line.split()]
+
+
 def old_port(target):
     with open(target.path('/etc/postgresql/15/main/postgresql.conf')) as f:
         return int(re.search(r'^port *= *(\d+)', f.read(), re.M).group(1))
@@ -108,11 +115,8 @@ def test_a_cluster_of_15_with_data(host, cache, pg_closure):
     assert fingerprint(host, '15/main')['rows'] == '2000|3999000'
     # enough relations that pg_upgrade's restore and transfer last a few seconds
     psql(host, 'create database wide', '15/main')
-    for first in range(1, 3000, 500):   # 500 a transaction: each table takes locks
-        host.sh('psql --cluster 15/main -XAtd wide -c %s' % shlex.quote(
-            "do $$ begin for n in %d..%d loop execute format("
-            "'create table t%%s (id int primary key, note text)', n); end loop; end $$"
-            % (first, first + 499)), user='postgres')
+    for statement in many_tables_sql(3000):
+        host.sh('psql --cluster 15/main -XAtd wide -c %s' % shlex.quote(statement), user='postgres')
 
 
 def test_a_dry_run_of_the_upgrade_changes_nothing(host, cache, pg_closure_17):
@@ -156,10 +160,6 @@ for i in $(seq 60000); do
 done
 exit 1
 """
-# pg_upgrade's stages, in its order; from the ".old" suffix on, the old cluster cannot start
-# as it is (link mode: its global/pg_control is renamed)
-ANY_STAGE = ('Restoring database schemas', 'Adding ".old" suffix', 'Linking user relation files',
-             'Copying user relation files')
 
 
 def kill_tree(pid):
@@ -183,7 +183,7 @@ def kill_tree(pid):
             pass
 
 
-def upgrade_with_a_kill(target, cache, store_path, play=False, stages=ANY_STAGE, **variables):
+def upgrade_with_a_kill(target, cache, store_path, play=False, stages=STAGES, **variables):
     """The role's upgrade to 17 with pg_upgrade killed once it has logged one of ``stages``;
     with ``play`` the controller and everything the task runs on the host die with it.  The
     run and the stage pg_upgrade was in."""
@@ -225,7 +225,7 @@ def upgrade_with_a_kill(target, cache, store_path, play=False, stages=ANY_STAGE,
 
 def test_link_upgrade_with_pg_upgrade_killed_puts_15_back_and_says_so(host, cache, pg_closure_17):
     before, port = fingerprint(host, '15/main'), old_port(host)
-    failed, stage = upgrade_with_a_kill(host, cache, pg_closure_17.top, stages=ANY_STAGE[1:],
+    failed, stage = upgrade_with_a_kill(host, cache, pg_closure_17.top, stages=PAST_THE_OLD_SUFFIX,
                                         postgres_upgrade_method='link')
     # pg_upgradecluster fails (rescued), then the task that says so
     assert failed.failed_tasks() == [UPGRADE_TASK, FAILED_TASK]
@@ -263,9 +263,7 @@ def test_the_role_upgrades_15_main_to_17_as_pg_upgradecluster_leaves_it(
     clusters = host.sh('pg_lsclusters -h')
     assert re.search(r'^17 +main +%d +online ' % port, clusters, re.M), clusters
     assert re.search(r'^15 +main +(?!%d )\d+ +down ' % port, clusters, re.M), clusters
-    with open(host.path('/etc/postgresql/15/main/start.conf')) as f:
-        assert [word for line in f if not line.startswith('#') for word in line.split()] \
-            == ['manual']
+    assert start_conf(host, '15/main') == ['manual']
     assert psql(host, 'show server_version', '17/main').startswith('17.')
     assert fingerprint(host, '17/main') == before
     # the new major's programs, through the profile; the old major's, from its own closure
@@ -311,10 +309,7 @@ def test_rollback_with_the_old_pin_brings_15_main_back_and_says_writes_are_lost(
     clusters = host.sh('pg_lsclusters -h')
     assert re.search(r'^15 +main +%d +online ' % port, clusters, re.M), clusters
     assert re.search(r'^17 +main +(?!%d )\d+ +down ' % port, clusters, re.M), clusters
-    with open(host.path('/etc/postgresql/17/main/start.conf')) as f:
-        assert [word for line in f if not line.startswith('#') for word in line.split()] == ['manual']
-    with open(host.path('/etc/postgresql/15/main/start.conf')) as f:
-        assert [word for line in f if not line.startswith('#') for word in line.split()] == ['auto']
+    assert start_conf(host, '17/main') == ['manual'] and start_conf(host, '15/main') == ['auto']
     assert psql(host, 'show server_version', '15/main').startswith('15.')
     assert fingerprint(host, '15/main') == before
     assert psql(host, "select count(*) from shop.orders where item = 'written on 17'", '15/main') == '0'
@@ -331,13 +326,14 @@ def test_after_a_link_upgrade_the_rollback_is_refused(host, cache, pg_closure, p
     apply_role(host, cache, pg_closure_17.top, postgres_major_upgrade=True, postgres_upgrade_method='link')
     assert re.search(r'^17 +main +%d +online ' % BEFORE_THE_CRASH['port'], host.sh('pg_lsclusters -h'), re.M)
     assert wide_tables(host, '17/main') == '3000'
-    before = host.sh('pg_lsclusters -h')
+    before, rows = host.sh('pg_lsclusters -h'), fingerprint(host, '17/main')
     refused = apply_role(host, cache, pg_closure.top, ok=False, postgres_upgrade_rollback=True)
     task = 'Refuse to roll back a link-mode upgrade'
     assert refused.failed_tasks() == [task]
     assert 'link mode' in refused.task(task)['msg'] and 'backup' in refused.task(task)['msg']
     assert refused.changed_tasks() == []
     assert host.sh('pg_lsclusters -h') == before
+    assert fingerprint(host, '17/main') == rows
 
 
 def test_cleanup_removes_15_main_and_its_programs(host, cache, pg_closure_17):

@@ -26,6 +26,7 @@ import pytest
 
 from nixtest import REPO
 from nixtest.ansible import run_playbook
+from nixtest.pgupgrade import PAST_THE_OLD_SUFFIX, STAGES, many_tables_sql
 
 pytestmark = pytest.mark.slow
 
@@ -299,14 +300,7 @@ exit 1
 """
 
 
-# pg_upgrade's stages, in its order; from the ".old" suffix on, the old cluster cannot start
-# as it is (link mode: its global/pg_control is renamed, its files are shared)
-ANY_STAGE = ('Restoring database schemas', 'Adding ".old" suffix', 'Linking user relation files',
-             'Copying user relation files')
-PAST_THE_OLD_SUFFIX = ANY_STAGE[1:]
-
-
-def upgrade_with_a_kill(target, cache, store_path, kill_parent=False, stages=ANY_STAGE, **variables):
+def upgrade_with_a_kill(target, cache, store_path, kill_parent=False, stages=STAGES, **variables):
     """The role's upgrade with pg_upgrade killed once it has reached one of ``stages``; the
     failed run and the stage pg_upgrade was in."""
     import threading
@@ -332,10 +326,8 @@ def test_link_upgrade_with_pg_upgrade_killed_puts_15_back_and_says_so(host, cach
     # enough relations that linking them (and the sync after it) outlasts the killer's look:
     # pg_upgrade dies after it has renamed the old cluster's pg_control
     sql(host, "create database wide")
-    for first in range(1, 3000, 500):   # 500 a transaction: each table takes locks
-        sql(host, "do $$ begin for n in %d..%d loop execute format("
-                  "'create table t%%s (id int primary key, note text)', n); end loop; end $$"
-                  % (first, first + 499), db='wide')
+    for statement in many_tables_sql(3000):
+        sql(host, statement, db='wide')
     before = fingerprint(host)
     failed, stage = upgrade_with_a_kill(host, cache, pg_closure_16.top, stages=PAST_THE_OLD_SUFFIX,
                                         postgres_upgrade_method='link')
