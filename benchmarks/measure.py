@@ -38,8 +38,29 @@ HASHER = ['openssl', 'dgst', '-sha256', '-r']
 ROOTS = os.path.join(BENCH_DIR, 'roots')
 
 
-def fresh_root(name):
-    """A new, empty root under ROOTS, as on a fresh host.
+def settle(cache_dir):
+    """Give the next timed run the machine as the previous one found it: write back what
+    earlier runs left dirty (otherwise its writeback takes a core from the next run), drop
+    the clean page cache where we may (root), since on this kind of machine a run whose
+    page cache must grow into memory not used since boot pays up to twice the kernel time
+    of one that reuses freed pages, and read the cache's files back in, so that every
+    run is served from memory alike."""
+    os.sync()
+    try:
+        with open('/proc/sys/vm/drop_caches', 'w') as handle:
+            handle.write('1\n')
+    except OSError:
+        pass    # not root: the sync alone
+    for directory, _dirs, files in os.walk(cache_dir):
+        for name in files:
+            with open(os.path.join(directory, name), 'rb') as handle:
+                while handle.read(1 << 20):
+                    pass
+
+
+def fresh_root(name, cache_dir=None):
+    """A new, empty root under ROOTS, as on a fresh host; with ``cache_dir``, the machine
+    is settled first (see settle), as before every timed run.
 
     On an ext4 without a journal (as this machine's) creating a file skips, one by one,
     the free inodes of its block group that were freed in the last minutes, which costs
@@ -47,6 +68,8 @@ def fresh_root(name):
     work on the machine).  So ROOTS is marked as a top of directory hierarchies
     (``chattr +T``): the file system puts each root in a block group of its own choosing,
     away from recent removals; and roots stay until ``remove_roots()`` at the end."""
+    if cache_dir is not None:
+        settle(cache_dir)
     if not os.path.isdir(ROOTS):
         os.makedirs(ROOTS)
         subprocess.run(['chattr', '+T', ROOTS], check=False, stderr=subprocess.DEVNULL)

@@ -14,7 +14,9 @@ Workloads, each in a cache written and signed by real Nix (benchmarks/workloads.
 
 For each workload, every repetition runs these back to back, each into a fresh root, so
 that load drift affects all alike (the roots are removed at the end, not between
-measurements: see measure.fresh_root; they take up to about 9 GiB with the defaults):
+measurements: see measure.fresh_root; they take up to about 9 GiB with the defaults),
+and before each timed run the machine is settled alike (measure.settle: dirty pages
+written back, the page cache dropped when run as root, the cache's files read back in):
 
   ping      ansible-playbook (the test virtualenv's) of one play without fact gathering
             whose only task is ansible.builtin.ping, on localhost with
@@ -119,22 +121,24 @@ def check_fetched(what, fetched, closure):
 def timed_run(run, workload, url, key, host, args):
     """One repetition of ping, task, nix copy, floor and library; a dict of figures."""
     closure, name, first = workload.closure, workload.name, run == 0
+    cache = os.path.join(workloads.BENCH_DIR, workload.cache_dir)
+    measure.settle(cache)   # the baseline too: writeback left by the last run would slow it
     ping = host.ping()
 
-    root = measure.fresh_root('%s-task-%d' % (name, run + 1))
+    root = measure.fresh_root('%s-task-%d' % (name, run + 1), cache)
     task = host.realise(url, key, closure.top, root)
     check_fetched('the task', task.result.registered('realised')['fetched'], closure)
     if first:
         nix.verify_store(root)
 
-    root = measure.fresh_root('%s-nix-%d' % (name, run + 1))
+    root = measure.fresh_root('%s-nix-%d' % (name, run + 1), cache)
     nix_run = measure.nix_copy(url, key, closure.top, root)
     nix_seconds, nix_rss = nix_run.seconds, nix_run.rss
 
-    root = measure.fresh_root('%s-floor-%d' % (name, run + 1))
+    root = measure.fresh_root('%s-floor-%d' % (name, run + 1), cache)
     floor_seconds = measure.floor(workloads.nars(workload), root, args.jobs)
 
-    root = measure.fresh_root('%s-library-%d' % (name, run + 1))
+    root = measure.fresh_root('%s-library-%d' % (name, run + 1), cache)
     library_seconds, library_rss, report = measure.library(url, key, closure.top, root, args.jobs)
     check_fetched('the library', report['fetched'], closure)
     if first:

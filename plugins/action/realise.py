@@ -27,11 +27,6 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible.utils.vars import merge_hash
 
-from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
-from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
-from ansible_collections.nixcache.closure.plugins.module_utils.progress import describe
-from ansible_collections.nixcache.closure.plugins.plugin_utils.push import Transport, push
-
 display = Display()
 
 PROGRESS_DIR = '/nix/var/nixcache/progress'
@@ -57,6 +52,11 @@ class ActionModule(ActionBase):
 
     def _push(self, task_vars, check_mode):
         """Push mode (fetch_on: controller): see plugin_utils.push."""
+        # Imported here, not above: every task of every host loads this plugin afresh in
+        # its worker, and only push mode needs the fetching code on the controller.
+        from ansible_collections.nixcache.closure.plugins.module_utils.common import failure
+        from ansible_collections.nixcache.closure.plugins.module_utils.errors import NixCacheError
+        from ansible_collections.nixcache.closure.plugins.plugin_utils.push import Transport, push
         host = task_vars.get('inventory_hostname', '?') if task_vars else '?'
         transport = Transport(
             execute=lambda args: self._as_asked(self._execute_module(module_args=args,
@@ -101,6 +101,7 @@ class ActionModule(ActionBase):
                 state = self._read_progress(progress_file)
                 if state is None:
                     continue
+                from ansible_collections.nixcache.closure.plugins.module_utils.progress import describe
                 if display.verbosity >= 1:
                     for entry in state['done'][printed:]:
                         display.display('realise [%s]: fetched %s (%.2f MiB)' % (

@@ -32,10 +32,7 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     HashingReader,
     format_base32,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils import nar
-from ansible_collections.nixcache.closure.plugins.module_utils.optimise import Optimiser, Savings
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
-from ansible_collections.nixcache.closure.plugins.module_utils.readahead import ReadAhead
 from ansible_collections.nixcache.closure.plugins.module_utils.receipts import receipt_path, write_receipts
 from ansible_collections.nixcache.closure.plugins.module_utils.store import LocalStore
 
@@ -210,10 +207,13 @@ class Realiser(object):
         is valid after a failure is a closed set.  Two runs fetching the same path at
         the same time may both download it; the second finds it valid and drops its copy.
         """
-        # The decompressors (and ctypes, subprocess) load only when something is fetched,
-        # here, before the worker threads start: imports racing in threads can fail.
-        from ansible_collections.nixcache.closure.plugins.module_utils import compression
+        # The NAR reader and the decompressors (and ctypes, subprocess) load only when
+        # something is fetched (a run that finds its closure valid starts faster), here,
+        # before the worker threads start: imports racing in threads can fail.
+        from ansible_collections.nixcache.closure.plugins.module_utils import compression, nar, readahead
         self._open_decompressed = compression.open_decompressed
+        self._unpack = nar.unpack
+        self._read_ahead = readahead.ReadAhead
         items = dict((item.store_path, item) for item in plan.to_fetch)
         self.store.remove_stale_copies(items)   # one listing of the store, not one a path
         waiting = dict((path, set(ref for ref in item.references if ref in items))
@@ -309,12 +309,16 @@ class Realiser(object):
         or Nix, added it); our copy is dropped then.
         """
         store_path = item.store_path
+        committed = False
         try:
             with self.store.lock_path(store_path):
-                if self.store.exists(store_path) and self.present([store_path]):
-                    return None
-                self.store.remove_invalid(store_path, stale_copies=False)   # done at the start
+                if self.store.exists(store_path):
+                    if self.present([store_path]):
+                        return None
+                    # an unregistered leftover (stale copies went at the start)
+                    self.store.discard(self.store.real_path(store_path))
                 self.store.commit(temp_dir, store_path)
+                committed = True
                 if self.register:
                     try:
                         self.store.register([item.narinfo])
@@ -323,7 +327,8 @@ class Realiser(object):
                         raise
                 return item, count
         finally:
-            self.store.discard(temp_dir)   # gone already once moved into place
+            if not committed:
+                self.store.discard(temp_dir)
 
     def _download_with_failover(self, item):
         store_path = item.store_path
@@ -356,10 +361,10 @@ class Realiser(object):
                 try:   # closed at once: a decompressor process or thread stops with the NAR
                     hashed = HashingReader(decompressed)
                     if item.narinfo.nar_size >= READ_AHEAD_MIN:
-                        with ReadAhead(hashed) as ahead:
-                            nar.unpack(ahead, temp_dir, max_size=item.narinfo.nar_size)
+                        with self._read_ahead(hashed) as ahead:
+                            self._unpack(ahead, temp_dir, max_size=item.narinfo.nar_size)
                     else:
-                        nar.unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
+                        self._unpack(hashed, temp_dir, max_size=item.narinfo.nar_size)
                 finally:
                     decompressed.close()
             finally:
@@ -403,14 +408,9 @@ class Realiser(object):
         if not self.register:
             return [dict(path=str(path), nar_size=None, download_size=0, cache=None,
                          state='valid', signed_by=None) for path in sorted(valid)]
-        entries = []
-        closure = self.store.closure(sorted(valid))
-        infos = self.store.path_infos(closure)
-        for path in sorted(closure):
-            info = infos[path]
-            entries.append(dict(path=str(path), nar_size=info['nar_size'], download_size=0,
-                                cache=None, state='valid', signed_by=None))
-        return entries
+        sizes = self.store.closure_sizes(sorted(valid))
+        return [dict(path=str(path), nar_size=sizes[path], download_size=0, cache=None,
+                     state='valid', signed_by=None) for path in sorted(sizes)]
 
 
 def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True, jobs: int = 4,
@@ -430,6 +430,7 @@ def realise_closure(root: str, requested: Iterable[Any], caches: Sequence[Any], 
         report = realiser.realise(requested, check_mode=check_mode,
                                   receipts_root=root if receipts else None)
         if optimise:
+            from ansible_collections.nixcache.closure.plugins.module_utils.optimise import Optimiser, Savings
             report.optimised = Savings() if check_mode else Optimiser(store).optimise_paths(
                 item.store_path for item in report.fetched)
     report.store_created = store_is_new

@@ -29,7 +29,6 @@ from ansible_collections.nixcache.closure.plugins.module_utils.hashes import (
     format_base32,
     parse_hash,
 )
-from ansible_collections.nixcache.closure.plugins.module_utils.nar import remove_tree, unpack
 from ansible_collections.nixcache.closure.plugins.module_utils.rootfs import under_root
 from ansible_collections.nixcache.closure.plugins.module_utils.storepath import (
     STORE_DIR,
@@ -225,6 +224,7 @@ class LocalStore(object):
         if not inside or os.path.basename(path) in ('', '.', '..'):
             raise StoreError('refusing to delete outside the store', path=path,
                              expected='an entry of %s' % self.real_store_dir)
+        from ansible_collections.nixcache.closure.plugins.module_utils.nar import remove_tree  # only when deleting
         with file_errors('cannot delete', path):
             remove_tree(path)
 
@@ -315,16 +315,21 @@ class LocalStore(object):
 
     def closure(self, store_paths: Iterable[StorePath]) -> Set[StorePath]:
         """The valid closure of valid ``store_paths`` through the Refs table."""
+        return set(self.closure_sizes(store_paths))
+
+    def closure_sizes(self, store_paths: Iterable[StorePath]) -> Dict[StorePath, Optional[int]]:
+        """Each path of the valid closure of valid ``store_paths`` with its NarSize, in one
+        query (what a report of valid paths needs, without their whole ``path_info``)."""
         texts = [store_path.path(self.store_dir) for store_path in store_paths]
         if not texts:
-            return set()
+            return {}
         rows = self._query(
             'with recursive closure(id) as ('
             ' select id from ValidPaths where path in (%s)'
             ' union select reference from Refs join closure on referrer = closure.id)'
-            ' select path from ValidPaths join closure using (id)' % ','.join('?' * len(texts)),
+            ' select path, narSize from ValidPaths join closure using (id)' % ','.join('?' * len(texts)),
             texts)
-        return set(StorePath.parse(row[0], self.store_dir) for row in rows)
+        return dict((StorePath.parse(path, self.store_dir), nar_size) for path, nar_size in rows)
 
     def graph(self) -> Dict[StorePath, Tuple[int, int, Optional[str], List[StorePath]]]:
         """Every valid path with its NarSize, registration time, deriver and references:
@@ -358,6 +363,7 @@ class LocalStore(object):
         its lock; False when it was valid already.  ``info`` as for ``register``."""
         if self._db is None:
             raise StoreError('the store was opened without creating its database', path=self.db_path)
+        from ansible_collections.nixcache.closure.plugins.module_utils.nar import unpack
         store_path = info.store_path
         with self.lock_path(store_path):
             if self.is_valid(store_path):

@@ -341,7 +341,6 @@ from ansible_collections.nixcache.closure.plugins.module_utils.common import (
     parse_store_paths,
 )
 from ansible_collections.nixcache.closure.plugins.module_utils.progress import Progress
-from ansible_collections.nixcache.closure.plugins.module_utils.pushed import pushed_from_options
 from ansible_collections.nixcache.closure.plugins.module_utils.realise import MIB, realise_closure
 from ansible_collections.nixcache.closure.plugins.module_utils.signing import TrustedKeys
 from ansible_collections.nixcache.closure.plugins.module_utils.substituters import url_secrets
@@ -373,6 +372,7 @@ def main():
             requested = parse_store_paths(params['paths'])
             check_mode = module.check_mode
             if params['pushed'] is not None:   # push mode: what the controller sent
+                from ansible_collections.nixcache.closure.plugins.module_utils.pushed import pushed_from_options
                 caches, trusted_keys, plan_only = pushed_from_options(params, root=params['root'])
                 check_mode = check_mode or plan_only
             elif params['fetch_on'] == 'controller':

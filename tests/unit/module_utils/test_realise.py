@@ -188,6 +188,9 @@ def test_realise_fetches_the_closure_and_reports_it(closure, store):
     assert os.access(os.path.join(app, 'bin', 'app'), os.X_OK)
     again = Realiser(store, [cache], TRUSTED).realise([closure.paths['app']])
     assert not again.changed and again.fetched == []
+    # the valid closure is reported from the database, each path with its NarSize
+    assert sorted((entry['path'], entry['nar_size'], entry['state']) for entry in again.closure) == sorted(
+        (str(path), info.nar_size, 'valid') for path, info in closure.infos.items())
     assert sorted(cache.downloads) == sorted(GRAPH)   # nothing downloaded twice
 
 
