@@ -16,8 +16,10 @@ run that finds everything in place does not pay for them.
 """
 
 import base64
+import os
 import sys
 import threading
+import weakref
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -118,8 +120,27 @@ class HttpClient(object):
         self.use_proxy = use_proxy
         self._context = None
         self._idle = {}      # connection key -> [idle connections]
+        self._inherited = {}  # in a forked child: the parent's idle connections (take_share)
         self._proxies = {}   # (scheme, host) -> proxy URL or None
         self._lock = threading.Lock()
+        _CLIENTS.add(self)
+
+    def _forget_connections(self):
+        """In a forked child: the idle connections are the parent's; none is used unless
+        ``take_share`` hands it over."""
+        self._inherited, self._idle = self._idle, {}
+        self._lock = threading.Lock()
+
+    def take_share(self, share: int, shares: int) -> None:
+        """In forked child number ``share`` of ``shares``: take over every ``shares``-th
+        idle connection the parent had, counting from ``share``.  The parent must then
+        ``close()`` its copies (the connections stay open in the children)."""
+        inherited, self._inherited = self._inherited, {}
+        with self._lock:
+            for key, connections in inherited.items():
+                mine = connections[share::shares]
+                if mine:
+                    self._idle[key] = mine
 
     def tls_context(self) -> Any:
         """The one TLS context of this client, made on first use (loading the CA
@@ -269,6 +290,18 @@ class HttpClient(object):
             self._idle.clear()
         for connection in connections:
             connection.close()
+
+
+_CLIENTS = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for client in list(_CLIENTS):
+        client._forget_connections()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def is_certificate_error(error: BaseException) -> bool:

@@ -40,6 +40,10 @@ MIB = 1024.0 * 1024.0
 # NARs at least this large are downloaded, decompressed and hashed in a thread of their
 # own while they are unpacked; below it a thread costs more than the overlap gains.
 READ_AHEAD_MIN = 4 << 20
+# Closures of at least this many paths are fetched by worker processes (see workers.py):
+# many small NARs are Python work that threads cannot share out; a few large ones are
+# mostly C work (decompression, hashing, writes) that threads already run side by side.
+WORKERS_MIN_PATHS = 8
 
 
 class CountingReader(object):
@@ -91,6 +95,7 @@ class Report(object):
         self.receipts = []
         self.store_created = False
         self.optimised = None             # Savings, when asked to optimise
+        self.worker_processes = 0         # how many fetched, 0: threads of this process
 
     @property
     def changed(self) -> bool:
@@ -130,6 +135,7 @@ class Report(object):
             unpacked_mb=round(self.unpacked_bytes / MIB, 2),
             seconds=round(self.seconds, 3),
             receipts=list(self.receipts),
+            worker_processes=self.worker_processes,
         )
         if self.optimised is not None:
             result['optimised'] = self.optimised.as_dict()
@@ -140,7 +146,7 @@ class Realiser(object):
     """Puts the closure of some store paths into a LocalStore from a list of caches."""
 
     def __init__(self, store: LocalStore, caches: Sequence[Any], trusted_keys: Any, require_sigs: bool = True, jobs: int = 4, register: bool = True,
-                 progress: Optional[Progress] = None) -> None:
+                 progress: Optional[Progress] = None, processes: bool = True) -> None:
         self.store = store
         self.progress = progress or Progress()
         self.caches = caches
@@ -148,6 +154,10 @@ class Realiser(object):
         self.require_sigs = require_sigs
         self.jobs = max(1, jobs)
         self.register = register
+        self.processes = processes
+        self._workers = None       # the worker processes of the fetch under way (see workers.py)
+        self.worker_processes = 0  # how many fetched in this run
+        self._planned = {}         # what they fetch: base name -> the PlannedPath
 
     def present(self, paths: Iterable[Any]) -> Set[Any]:
         """Paths that need no fetching: valid in the database (or on disk, unregistered mode)."""
@@ -181,6 +191,7 @@ class Realiser(object):
         if plan.to_fetch and not check_mode:
             fetched = self._fetch_and_commit(plan)
         report = self._report(plan, fetched, check_mode, time.time() - started)
+        report.worker_processes = self.worker_processes
         if receipts_root is not None and self.register:
             report.receipts = self._receipts(plan, report, receipts_root, check_mode)
         return report
@@ -216,6 +227,39 @@ class Realiser(object):
         self._read_ahead = readahead.ReadAhead
         items = dict((item.store_path, item) for item in plan.to_fetch)
         self.store.remove_stale_copies(items)   # one listing of the store, not one a path
+        self._workers = self._start_workers(plan.to_fetch)
+        self.worker_processes = self._workers.count if self._workers is not None else 0
+        try:
+            return self._fetch_in_order(plan, items)
+        finally:
+            if self._workers is not None:
+                self._workers.close()
+                self._workers = None
+
+    def _start_workers(self, to_fetch):
+        """Worker processes for the downloads when they pay (WORKERS_MIN_PATHS paths or
+        more, two jobs or more), each path from a cache that can serve a forked process
+        (file, HTTP(S), pushed; not S3); else None: threads fetch then."""
+        count = min(self.jobs, len(to_fetch))
+        if (not self.processes or count < 2 or len(to_fetch) < WORKERS_MIN_PATHS or not hasattr(os, 'fork')
+                or not all(getattr(item.cache, 'fork_friendly', False) for item in to_fetch)):
+            return None
+        from ansible_collections.nixcache.closure.plugins.module_utils.workers import Workers
+        self._planned = dict((item.store_path.base, item) for item in to_fetch)
+        caches = list(self.caches)
+
+        def started(number):   # each worker takes over its share of our kept-alive connections
+            for cache in caches:
+                cache.take_connections(number, count)
+        try:
+            workers = Workers(count, self._download_in_worker, started)
+        except OSError:   # no more processes allowed (a crowded host): threads do it
+            return None
+        for cache in caches:
+            cache.let_go_of_connections()
+        return workers
+
+    def _fetch_in_order(self, plan, items):
         waiting = dict((path, set(ref for ref in item.references if ref in items))
                        for path, item in items.items())
         dependents = {}
@@ -225,7 +269,8 @@ class Realiser(object):
         unpacked = {}                # path -> (PlannedPath used, temp dir, bytes), to install
         downloaded, used, failures = {}, [], []
         self.progress.start(len(plan.to_fetch), plan.download_bytes)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        threads = self.jobs if self._workers is None else self._workers.count + 2   # + installs
+        with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
             running = {}             # future -> (what it does, path)
 
             def install_if_ready(path):
@@ -240,10 +285,12 @@ class Realiser(object):
             queued = collections.deque(plan.to_fetch)   # references first
             downloading = [0]
 
+            # downloads submitted at a time, not the whole closure: each wait goes over
+            # every future submitted; with workers, one for each
+            in_flight = self._workers.count if self._workers is not None else 2 * self.jobs
+
             def start_downloads():
-                """Keep ``2 * jobs`` downloads submitted, not the whole closure: each wait
-                goes over every future submitted."""
-                while queued and not failures and downloading[0] < 2 * self.jobs:
+                while queued and not failures and downloading[0] < in_flight:
                     item = queued.popleft()
                     running[pool.submit(self._unpack_one, item)] = ('unpack', item.store_path)
                     downloading[0] += 1
@@ -282,6 +329,8 @@ class Realiser(object):
             except BaseException:
                 for future in running:
                     future.cancel()
+                if self._workers is not None:   # stop the downloads under way at once
+                    self._workers.close(kill=True)
                 raise
             finally:
                 for _item, temp_dir, _count in unpacked.values():   # could not be installed
@@ -335,7 +384,7 @@ class Realiser(object):
         failures, tried = [], []
         while True:
             try:
-                return (item,) + self._download(item)
+                return (item,) + self._download_somewhere(item)
             except CacheUnavailable as error:
                 failures.append('%s: %s' % (item.cache.url, error.message))
                 tried.append(item.cache)
@@ -349,14 +398,40 @@ class Realiser(object):
                     raise CacheUnavailable('no cache could deliver the path: %s' % '; '.join(failures),
                                            path=str(store_path)) from None
 
-    def _download(self, item):
-        """Stream one NAR into a temporary directory and check it: (directory, bytes)."""
+    def _download_somewhere(self, item):
+        """``_download`` in a worker process when there are workers and the item is one
+        they know (a copy found by a failover is fetched here): (directory, bytes)."""
+        if self._workers is None or self._planned.get(item.store_path.base) is not item:
+            return self._download(item, self.store.temp_dir_for(item.store_path), self.progress.add_bytes)
+        # named here: the name carries our process id, which keeps other runs off it
+        temp_dir = self.store.temp_dir_for(item.store_path)
+        try:
+            count = self._workers.call((item.store_path.base, temp_dir), self.progress.add_bytes)
+        except BaseException as error:
+            if isinstance(error, CacheUnavailable) and not item.cache.unavailable:
+                item.cache.unavailable = getattr(error, 'cache_unavailable', None)
+            self.store.discard(temp_dir)   # a worker that was killed leaves its copy
+            raise
+        return temp_dir, count
+
+    def _download_in_worker(self, job, add_bytes):
+        """What a worker process does with a job: (base name, directory) -> bytes."""
+        base, temp_dir = job
+        item = self._planned[base]
+        try:
+            return self._download(item, temp_dir, add_bytes)[1]
+        except CacheUnavailable as error:   # the parent's failover skips a cache gone quiet
+            error.cache_unavailable = item.cache.unavailable
+            raise
+
+    def _download(self, item, temp_dir, add_bytes):
+        """Stream one NAR into ``temp_dir`` and check it: (directory, bytes downloaded);
+        ``add_bytes(count)`` hears of every chunk downloaded."""
         store_path = item.store_path
-        temp_dir = self.store.temp_dir_for(store_path)
         try:
             raw = item.cache.open_nar(item.narinfo.url, store_path, item.narinfo.nar_size)
             try:
-                counted = CountingReader(raw, item.narinfo.nar_size, self.progress.add_bytes)
+                counted = CountingReader(raw, item.narinfo.nar_size, add_bytes)
                 decompressed = self._open_decompressed(item.narinfo.compression, counted)
                 try:   # closed at once: a decompressor process or thread stops with the NAR
                     hashed = HashingReader(decompressed)

@@ -67,6 +67,8 @@ class S3TransientError(ConnectionError):
 class S3Substituter(Substituter):
     """A cache in an S3 bucket (or any S3-compatible service), read with boto3."""
 
+    fork_friendly = False   # a boto3 client is not fork-safe, and a new one per process is slow
+
     def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         super(S3Substituter, self).__init__(url, options, store_dir)
         parsed = urlparse(self.url)

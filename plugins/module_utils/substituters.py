@@ -89,6 +89,10 @@ class CacheOptions(object):
 class Substituter(object):
     """A binary cache.  Subclasses implement ``_read`` and ``_open``."""
 
+    # whether NARs may be fetched in forked worker processes (see workers.py): false
+    # where each process would have to build a costly client of its own
+    fork_friendly = True
+
     def __init__(self, url: str, options: Optional[CacheOptions] = None, store_dir: str = STORE_DIR) -> None:
         # what results, receipts and messages show: never the password
         self.url = redact_url(url.rstrip('/'))
@@ -100,6 +104,13 @@ class Substituter(object):
 
     def __repr__(self):
         return '<%s %s>' % (type(self).__name__, self.url)
+
+    def take_connections(self, share: int, shares: int) -> None:
+        """In forked worker ``share`` of ``shares``: take over its share of the parent's
+        open connections (the parent then calls ``let_go_of_connections``)."""
+
+    def let_go_of_connections(self) -> None:
+        """Close our copies of the connections handed over to worker processes."""
 
     def narinfo(self, store_path: Any) -> Optional[NarInfo]:
         """The verified-format NarInfo for a StorePath, or None if the cache lacks it."""
@@ -252,6 +263,12 @@ class HttpSubstituter(Substituter):
                                   ca_path=http.get('ca_path'), client_cert=http.get('client_cert'),
                                   client_key=http.get('client_key'),
                                   use_proxy=http.get('use_proxy', True))
+
+    def take_connections(self, share: int, shares: int) -> None:
+        self._client.take_share(share, shares)
+
+    def let_go_of_connections(self) -> None:
+        self._client.close()
 
     def _authentication(self, url_user=None, url_password=None):
         """(headers that authenticate us, a description of the credentials: no secrets).
@@ -581,6 +598,10 @@ class _HelperThreads(object):
         self._lock = threading.Lock()
         self._idle = []          # the inboxes of idle threads
 
+    def forget(self):
+        """In a forked child: the idle threads stayed in the parent."""
+        self.__init__()
+
     def run(self, helper):
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
@@ -601,6 +622,8 @@ class _HelperThreads(object):
 
 
 _HELPER_THREADS = _HelperThreads()
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_HELPER_THREADS.forget)
 
 
 class DeadlineReader(object):

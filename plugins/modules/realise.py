@@ -64,7 +64,13 @@ options:
     type: path
     default: /
   jobs:
-    description: How many NARs to fetch and unpack at the same time.
+    description:
+      - How many NARs to fetch and unpack at the same time.
+      - For a closure of 8 paths or more from C(file://), C(http(s)://) or pushed caches,
+        each job runs in a worker process of its own, forked from the module's, so that
+        decompressing, hashing and unpacking many small NARs use every core (Python threads
+        would take turns). Otherwise, and if the host allows no more processes, threads of
+        the module's process do the work.
     type: int
     default: 4
   register:
@@ -312,6 +318,14 @@ seconds:
   description: Wall-clock time the module spent.
   returned: always
   type: float
+worker_processes:
+  description:
+    - How many worker processes fetched the NARs; 0 when threads of the module's own process
+      did (fewer than 8 paths to fetch, O(jobs=1), an C(s3://) cache, or nothing to fetch).
+  returned: always
+  type: int
+  sample: 4
+  version_added: 0.2.0
 push:
   description: In push mode (O(fetch_on=controller)), what the controller did for this host.
   returned: when O(fetch_on=controller)

@@ -7,6 +7,7 @@ Substituter does, and can be told to stop answering or to serve a spoilt NAR.
 import hashlib
 import io
 import os
+import tempfile
 import threading
 
 import pytest
@@ -68,7 +69,10 @@ class Closure(object):
 
 
 class FakeCache(object):
-    """A Substituter serving a Closure from memory."""
+    """A Substituter serving a Closure from memory.  Its downloads are logged in a file,
+    so that those made by worker processes count too."""
+
+    fork_friendly = False   # the ``store`` fixture's worker processes mode makes it True
 
     def __init__(self, url, closure, broken=(), spoilt=(), missing=()):
         self.url = url
@@ -78,7 +82,20 @@ class FakeCache(object):
         self.broken = set(broken)      # names whose NAR download fails
         self.spoilt = set(spoilt)      # names whose NAR has a flipped byte
         self.missing = set(missing)    # names this cache does not have
-        self.downloads = []
+        self._log = tempfile.TemporaryFile(mode='a+b', buffering=0)
+
+    @property
+    def downloads(self):
+        return [line.split()[0] for line in self._download_log()]
+
+    @property
+    def download_pids(self):
+        """The ids of the processes that downloaded."""
+        return set(int(line.split()[1]) for line in self._download_log())
+
+    def _download_log(self):
+        size = os.fstat(self._log.fileno()).st_size
+        return os.pread(self._log.fileno(), size, 0).decode().splitlines()
 
     def narinfo(self, path):
         if path.name in self.missing:
@@ -87,7 +104,7 @@ class FakeCache(object):
 
     def open_nar(self, url, store_path=None, nar_size=None):
         name = store_path.name
-        self.downloads.append(name)
+        self._log.write(('%s %d\n' % (name, os.getpid())).encode())
         if name in self.broken:
             raise errors.CacheUnavailable('the cache stopped answering', cache=self.url)
         data = bytearray(self.closure.nars[url])
@@ -98,6 +115,12 @@ class FakeCache(object):
     def cache_info(self):
         return {'StoreDir': STORE_DIR}
 
+    def take_connections(self, share, shares):
+        pass
+
+    def let_go_of_connections(self):
+        pass
+
     def priority(self):
         return 50
 
@@ -107,12 +130,16 @@ def closure(tmp_path):
     return Closure(tmp_path / 'trees')
 
 
-@pytest.fixture(params=['inline', 'read ahead'])
+@pytest.fixture(params=['inline', 'read ahead', 'worker processes'])
 def store(request, tmp_path, monkeypatch):
-    """The store to realise into; each test runs with NARs unpacked as they are read, and
-    again with every NAR read ahead in a thread of its own (as large NARs are)."""
+    """The store to realise into; each test runs with NARs unpacked as they are read, again
+    with every NAR read ahead in a thread of its own (as large NARs are), and again with
+    the downloads in worker processes (as from HTTP caches)."""
     if request.param == 'read ahead':
         monkeypatch.setattr(realise, 'READ_AHEAD_MIN', 0)
+    if request.param == 'worker processes':
+        monkeypatch.setattr(FakeCache, 'fork_friendly', True)
+        monkeypatch.setattr(realise, 'WORKERS_MIN_PATHS', 2)
     with LocalStore(root=str(tmp_path / 'root')) as opened:
         yield opened
 
@@ -192,6 +219,8 @@ def test_realise_fetches_the_closure_and_reports_it(closure, store):
     assert sorted((entry['path'], entry['nar_size'], entry['state']) for entry in again.closure) == sorted(
         (str(path), info.nar_size, 'valid') for path, info in closure.infos.items())
     assert sorted(cache.downloads) == sorted(GRAPH)   # nothing downloaded twice
+    in_workers = FakeCache.fork_friendly
+    assert (os.getpid() not in cache.download_pids) is in_workers
 
 
 def test_check_mode_reports_what_the_real_run_does_and_changes_nothing(closure, store):
