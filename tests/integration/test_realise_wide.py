@@ -49,10 +49,11 @@ def cache(wide):
     wide.server.reset()
 
 
-def realise(root, wide, compression='zstd', jobs=4):
+def realise(root, wide, compressions=('zstd',), jobs=4, **options):
     caches, keys = caches_from_options(dict(
-        substituters=[wide.server.url_for(compression)], trusted_public_keys=[wide.public_key],
-        use_nix_conf=False, timeout=10), root=str(root))
+        substituters=[wide.server.url_for(c) for c in compressions],
+        trusted_public_keys=[wide.public_key], use_nix_conf=False, timeout=10, **options),
+        root=str(root))
     with LocalStore(root=str(root)) as store:
         return Realiser(store, caches, keys, jobs=jobs).realise([StorePath.parse(wide.top)])
 
@@ -154,6 +155,16 @@ def test_a_worker_killed_in_the_middle_fails_the_run_cleanly(cache, alt_root):
     cache.server.reset()
     report = realise(alt_root, cache)
     assert report.worker_processes == 4 and report.changed
+    assert_complete(alt_root, cache)
+
+
+def test_nars_a_cache_fails_to_send_to_workers_come_from_the_next_cache(cache, alt_root):
+    """Every NAR download from the first cache fails in a worker; each path then comes
+    from the second cache, and the first is not asked again once it stopped answering."""
+    cache.server.fault('/zstd/nar/*', status=500)
+    report = realise(alt_root, cache, compressions=('zstd', 'xz'), retries=0)
+    assert report.worker_processes == 4
+    assert set(report.sources().values()) == {cache.server.url_for('xz')}
     assert_complete(alt_root, cache)
 
 
