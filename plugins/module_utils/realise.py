@@ -221,7 +221,8 @@ class Realiser(object):
         # The NAR reader and the decompressors (and ctypes, subprocess) load only when
         # something is fetched (a run that finds its closure valid starts faster), here,
         # before the worker threads start: imports racing in threads can fail.
-        from ansible_collections.nixcache.closure.plugins.module_utils import compression, nar, readahead
+        from ansible_collections.nixcache.closure.plugins.module_utils import allocator, compression, nar, readahead
+        allocator.reuse_freed_buffers()   # before the workers fork: they inherit it
         self._open_decompressed = compression.open_decompressed
         self._unpack = nar.unpack
         self._read_ahead = readahead.ReadAhead
