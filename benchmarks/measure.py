@@ -115,9 +115,10 @@ def run_child(command, env=None):
                         usage.ru_utime + usage.ru_stime)
 
 
-PlayRun = collections.namedtuple('PlayRun', 'seconds result rss module_seconds module_cpu')
+PlayRun = collections.namedtuple('PlayRun', 'seconds result rss module_seconds module_cpu pss')
 PlayRun.__doc__ = ('One ansible-playbook run: its wall seconds, its PlaybookResult, and the '
-                   'peak RSS (MiB), wall seconds and CPU seconds of the one module process it ran.')
+                   'peak RSS (MiB), wall seconds and CPU seconds of the one module process it ran, '
+                   'and the peak PSS (MiB) of that process with its children (worker processes).')
 
 
 class Host:
@@ -157,9 +158,9 @@ class Host:
             modules = [line.split() for line in handle]
         if len(modules) != 1:
             raise SystemExit('expected one module run, the interpreter ran %d times' % len(modules))
-        rss_kib, module_seconds, module_cpu = modules[0]
+        rss_kib, module_seconds, module_cpu, pss_kib = modules[0]
         return PlayRun(seconds, result, int(rss_kib) / 1024.0, float(module_seconds),
-                       float(module_cpu))
+                       float(module_cpu), int(pss_kib) / 1024.0)
 
     def ping(self):
         """The baseline: the same ansible-playbook run with only ``ansible.builtin.ping``."""

@@ -41,7 +41,10 @@ cheap); start-up = median of (task run - ping run).
 The first task and library result of each workload are judged by `nix-store --verify
 --check-contents`; every floor stream's SHA-256 must be its narinfo's NarHash.  Printed:
 medians of the repetitions, ratios, the module's peak RSS (ru_maxrss of the module
-process, with any process it waited for) and each target (TARGETS), met or not.
+process, with any process it waited for), how many worker processes fetched, the peak
+PSS of the module with its worker processes (their shared pages counted once; the memory
+target, RSS_TARGET_MIB, is judged on the larger of the two) and each target (TARGETS),
+met or not.
 "module s" is the wall time of the module process alone (from maxrss.py): the rest of
 "task s" is the controller's share (templating, AnsiballZ, copying the module).  "module
 CPU s" and "nix CPU s" are the CPU seconds (user and system) of the module process and of
@@ -127,7 +130,8 @@ def timed_run(run, workload, url, key, host, args):
 
     root = measure.fresh_root('%s-task-%d' % (name, run + 1), cache)
     task = host.realise(url, key, closure.top, root)
-    check_fetched('the task', task.result.registered('realised')['fetched'], closure)
+    realised = task.result.registered('realised')
+    check_fetched('the task', realised['fetched'], closure)
     if first:
         nix.verify_store(root)
 
@@ -146,13 +150,15 @@ def timed_run(run, workload, url, key, host, args):
 
     figures = dict(ping=ping.seconds, task=task.seconds - ping.seconds,
                    module=task.module_seconds, module_cpu=task.module_cpu, task_rss=task.rss,
+                   task_pss=task.pss, workers=realised['worker_processes'],
                    nix=nix_seconds, nix_cpu=nix_run.cpu, nix_rss=nix_rss, floor=floor_seconds,
                    library=library_seconds, library_rss=library_rss)
-    print('  %-14s run %d: ping %5.2f  task %6.2f (module %6.2f, CPU %5.2f, %5.1f MiB)  '
-          'nix copy %6.2f (CPU %5.2f)  floor %6.2f  library %6.2f (%5.1f MiB)  load %s' % (
+    print('  %-14s run %d: ping %5.2f  task %6.2f (module %6.2f, CPU %5.2f, %5.1f MiB, '
+          'PSS %5.1f MiB with %d workers)  nix copy %6.2f (CPU %5.2f)  floor %6.2f  '
+          'library %6.2f (%5.1f MiB)  load %s' % (
               name, run + 1, ping.seconds, figures['task'], task.module_seconds, task.module_cpu,
-              task.rss, nix_seconds, nix_run.cpu, floor_seconds, library_seconds, library_rss,
-              load()), flush=True)
+              task.rss, task.pss, figures['workers'], nix_seconds, nix_run.cpu, floor_seconds,
+              library_seconds, library_rss, load()), flush=True)
     return figures
 
 
@@ -169,7 +175,7 @@ def bench(workload, url, key, host, args):
                largest_nar_mib=largest_nar(closure) / workloads.MIB)
     for field in ('ping', 'task', 'module', 'module_cpu', 'nix', 'nix_cpu', 'floor', 'library'):
         row[field] = median(run[field] for run in runs)
-    for field in ('task_rss', 'nix_rss', 'library_rss'):
+    for field in ('task_rss', 'task_pss', 'workers', 'nix_rss', 'library_rss'):
         row[field] = max(run[field] for run in runs)
     return row
 
@@ -222,7 +228,7 @@ def verdict(value, target, unit=''):
 def print_table(rows):
     header = ('workload', 'paths', 'NAR MiB', 'task s', 'module s', 'nix copy s', 'floor s', 'library s',
               'task/nix', 'task/floor', 'module CPU s', 'nix CPU s', 'CPU module/nix',
-              'module RSS MiB')
+              'module RSS MiB', 'workers', 'module+workers PSS MiB')
     lines = [header]
     for r in rows:
         targets = TARGETS[r['name']]
@@ -232,7 +238,8 @@ def print_table(rows):
                       verdict('%.2f' % (r['task'] / r['floor']), targets.get('floor'), 'x'),
                       '%.2f' % r['module_cpu'], '%.2f' % r['nix_cpu'],
                       '%.2fx' % (r['module_cpu'] / r['nix_cpu']),
-                      verdict('%.0f' % r['task_rss'], RSS_TARGET_MIB)))
+                      '%.0f' % r['task_rss'], '%d' % r['workers'],
+                      verdict('%.0f' % max(r['task_pss'], r['task_rss']), RSS_TARGET_MIB)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print('  '.join(cell.ljust(width) if i == 0 else cell.rjust(width)
@@ -241,9 +248,13 @@ def print_table(rows):
 
 def print_flatness(rows):
     """Peak RSS of the module on the largest NAR against the workload of smallest NARs,
-    for each compression (an xz decoder needs more memory than a zstd one)."""
+    for each compression (an xz decoder needs more memory than a zstd one), among the
+    workloads the module streams itself (without worker processes, whose parent streams
+    nothing)."""
     for compression in sorted({r['compression'] for r in rows}):
-        alike = [r for r in rows if r['compression'] == compression]
+        alike = [r for r in rows if r['compression'] == compression and not r['workers']]
+        if len(alike) < 2:
+            continue
         large = max(alike, key=lambda r: r['largest_nar_mib'])
         small = min(alike, key=lambda r: r['largest_nar_mib'])
         if small['largest_nar_mib'] == large['largest_nar_mib']:
